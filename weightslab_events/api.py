@@ -1,0 +1,308 @@
+"""The module-level API: the process's system, registration, subscription and edit helpers.
+
+``get_checkpoint_system`` returns the process's system, creating it on the first call; objects
+registered before it exists wait in the ledger and are picked up when it starts. After
+``close()`` the next call creates a fresh system (and the ledger starts empty), which is what lets
+a test suite run many systems in one process.
+
+Subscriptions made with :func:`subscribe` belong to the process, not to one system: they are
+connected to the current system's bus and to every system created later, until closed.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import torch
+from blinker import ANY, Signal
+from torch import nn
+
+from .bus import Subscription
+from .fingerprint import canonical, describe_scheduler
+from .hyperparams import HyperParams
+from .ledger import LEDGER
+from .system import CheckpointSystem
+from .watch import watch_for
+
+__all__ = [
+    "current_system",
+    "data_changed",
+    "drain",
+    "forget_system",
+    "freeze",
+    "get_checkpoint_system",
+    "get_hyperparams",
+    "get_model",
+    "get_optimizer",
+    "get_scheduler",
+    "register_hyperparams",
+    "register_model",
+    "register_optimizer",
+    "register_scheduler",
+    "register_stateful",
+    "reset",
+    "subscribe",
+    "unfreeze",
+    "unregister",
+]
+
+_lock = threading.RLock()
+_system: CheckpointSystem | None = None
+_subscriptions: list[UserSubscription] = []
+
+
+def get_checkpoint_system(root_log_dir: str | None = None, **options: Any) -> CheckpointSystem:
+    """The process's checkpoint system, created with these options on the first call.
+
+    Calling it again with options while a system is open is an error rather than a silent
+    no-op, since the caller would believe the new options apply.
+    """
+    global _system
+    with _lock:
+        if _system is not None:
+            if root_log_dir is not None and str(_system.root) != str(root_log_dir) or options:
+                raise RuntimeError(
+                    f"a checkpoint system is already open at {_system.root}; close() it before "
+                    "creating one with other options"
+                )
+            return _system
+        system = CheckpointSystem(root_log_dir or "./experiments", **options)
+        _system = system
+        for subscription in list(_subscriptions):
+            subscription.attach(system)
+        return system
+
+
+def current_system() -> CheckpointSystem | None:
+    """The open system, or ``None``; never creates one."""
+    return _system
+
+
+def forget_system(system: CheckpointSystem) -> None:
+    """Called by a closing system so the next ``get_checkpoint_system`` makes a fresh one."""
+    global _system
+    with _lock:
+        if _system is system:
+            _system = None
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+def register_model(name: str, model: nn.Module) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"register_model({name!r}, ...) needs a torch.nn.Module, got {type(model).__name__}")
+    LEDGER.register("model", name, model)
+    return model
+
+
+def register_optimizer(name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"register_optimizer({name!r}, ...) needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    LEDGER.register("optimizer", name, optimizer)
+    return optimizer
+
+
+def register_hyperparams(name: str, params: dict) -> HyperParams:
+    """Register a dict of hyperparameters; returns a live mapping whose writes fork at once."""
+    if not isinstance(params, dict):
+        raise TypeError(f"register_hyperparams({name!r}, ...) needs a dict, got {type(params).__name__}")
+    canonical(params, name)
+    LEDGER.register("hyperparams", name, params)
+    return HyperParams(params, lambda key, old, new: _hyperparam_written(name, params, key, old, new))
+
+
+def _hyperparam_written(name: str, params: dict, key: str, old: Any, new: Any) -> None:
+    system = _system
+    if system is None:
+        return
+    from .system import describe_hyperparams
+
+    watch = system._hyperparams.get(name)
+    if watch is None or watch.data is not params:
+        return
+    watch.accept()
+    system.bus.emit(
+        "hyperparams_changed",
+        src=name,
+        name=name,
+        key=key,
+        old=old,
+        new=new,
+        via="mapping",
+        description=describe_hyperparams(name, params),
+    )
+
+
+def register_scheduler(name: str, scheduler: Any) -> Any:
+    if not hasattr(scheduler, "state_dict") or not hasattr(scheduler, "step"):
+        raise TypeError(f"register_scheduler({name!r}, ...) needs an lr scheduler, got {type(scheduler).__name__}")
+    describe_scheduler(scheduler)
+    LEDGER.register("scheduler", name, scheduler)
+    return scheduler
+
+
+def register_stateful(name: str, obj: Any) -> Any:
+    """Register anything with ``state_dict``/``load_state_dict`` (or a ``torch.Generator``)."""
+    if not isinstance(obj, torch.Generator) and not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+        raise TypeError(
+            f"register_stateful({name!r}, ...) needs state_dict() and load_state_dict() or a torch.Generator; "
+            f"{type(obj).__name__} has neither"
+        )
+    LEDGER.register("stateful", name, obj)
+    return obj
+
+
+def unregister(name: str) -> None:
+    LEDGER.unregister(name)
+
+
+def get_model(name: str) -> nn.Module:
+    return LEDGER.get("model", name)
+
+
+def get_optimizer(name: str) -> torch.optim.Optimizer:
+    return LEDGER.get("optimizer", name)
+
+
+def get_scheduler(name: str) -> Any:
+    return LEDGER.get("scheduler", name)
+
+
+def get_hyperparams(name: str) -> HyperParams:
+    params = LEDGER.get("hyperparams", name)
+    return HyperParams(params, lambda key, old, new: _hyperparam_written(name, params, key, old, new))
+
+
+# -- edits ----------------------------------------------------------------------------------
+
+
+def _parameter_paths(module: nn.Module) -> list[str]:
+    watch = watch_for(module)
+    base = watch.path_of(module) if watch else ""
+    return [f"{base}.{n}" if base else n for n, _ in module.named_parameters()]
+
+
+def _set_trainable(module: nn.Module, trainable: bool, kind: str) -> None:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{kind}() needs a torch.nn.Module, got {type(module).__name__}")
+    for parameter in module.parameters():
+        parameter.requires_grad_(trainable)
+    watch = watch_for(module)
+    if watch is not None:
+        watch.refresh()
+        watch.notify_state(kind, _parameter_paths(module))
+
+
+def freeze(module: nn.Module) -> None:
+    """Stop training ``module``'s parameters; forks the experiment at once."""
+    _set_trainable(module, False, "freeze")
+
+
+def unfreeze(module: nn.Module) -> None:
+    _set_trainable(module, True, "unfreeze")
+
+
+def reset(module: nn.Module) -> None:
+    """Reinitialise ``module``'s parameters; forks the experiment and saves at once."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"reset() needs a torch.nn.Module, got {type(module).__name__}")
+    with torch.no_grad():
+        for sub in module.modules():
+            reset_parameters = getattr(sub, "reset_parameters", None)
+            if callable(reset_parameters):
+                reset_parameters()
+    watch = watch_for(module)
+    if watch is not None:
+        watch.reset_counts[module] = watch.reset_counts.get(module, 0) + 1
+        watch.refresh()
+        watch.notify_state("reset", [watch.path_of(module) or "<root>"])
+
+
+def data_changed(kind: str, **details: Any) -> None:
+    """Announce a data change (discarded samples, tags, augmentation): logged, never forks."""
+    system = _system
+    if system is not None:
+        system.bus.emit("data_changed", src="data", kind=kind, **details)
+
+
+# -- subscribing ----------------------------------------------------------------------------
+
+
+class UserSubscription:
+    """A process-level subscription: connected to every system until ``close()``."""
+
+    def __init__(self, signal: Signal | str, handler: Callable[..., Any], sender: Any, weak: bool) -> None:
+        self.signal = signal
+        self._handler: Any = weakref.ref(handler) if weak else handler
+        self._weak = weak
+        self.sender = sender
+        self._connection: Subscription | None = None
+
+    @property
+    def handler(self) -> Callable[..., Any] | None:
+        return self._handler() if self._weak else self._handler
+
+    def attach(self, system: CheckpointSystem) -> None:
+        handler = self.handler
+        if handler is not None:
+            self._connection = system.bus.connect(self.signal, handler, sender=self.sender, weak=self._weak)
+
+    def close(self) -> None:
+        with _lock:
+            if self in _subscriptions:
+                _subscriptions.remove(self)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the handler itself, so a decorated function stays callable."""
+        handler = self.handler
+        if handler is None:
+            raise ReferenceError("the weakly held handler has been garbage-collected")
+        return handler(*args, **kwargs)
+
+    def __enter__(self) -> UserSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def subscribe(
+    signal: Signal | str, fn: Callable[..., Any] | None = None, *, sender: Any = None, weak: bool = False
+) -> Any:
+    """Subscribe ``fn`` to ``signal``; usable as ``subscribe(sig, fn)`` or ``@subscribe(sig)``.
+
+    Handlers are held strongly (an inline lambda keeps firing) unless ``weak=True``. An
+    ``async def`` handler runs on the library's event-loop thread.
+    """
+    from .signals import name_of
+
+    name_of(signal)
+
+    def connect(handler: Callable[..., Any]) -> UserSubscription:
+        subscription = UserSubscription(signal, handler, ANY if sender is None else sender, weak)
+        with _lock:
+            _subscriptions.append(subscription)
+            if _system is not None:
+                subscription.attach(_system)
+        return subscription
+
+    if fn is None:
+        return connect
+    return connect(fn)
+
+
+async def drain(timeout: float | None = None) -> None:
+    """From async code: wait until async handler work and scheduled saves have finished."""
+    system = _system
+    if system is not None:
+        await anyio.to_thread.run_sync(system.wait, timeout)

@@ -1,0 +1,39 @@
+"""The library's exception types: specific classes, so callers can catch exactly one problem."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchitectureMismatchError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "InvalidNameError",
+    "NotDescribableError",
+]
+
+
+class CheckpointError(RuntimeError):
+    """One or more background saves failed; ``failures`` lists ``(checkpoint, reason)`` pairs."""
+
+    def __init__(self, message: str, failures: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])
+
+
+class CheckpointNotFoundError(LookupError):
+    """No committed, verified checkpoint matches what was asked for."""
+
+
+class ArchitectureMismatchError(ValueError):
+    """A checkpoint was made for another architecture; ``differences`` lists every one."""
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
+class InvalidNameError(ValueError):
+    """A registered name cannot be used: it would be a path outside the root, or is empty."""
+
+
+class NotDescribableError(TypeError):
+    """A value cannot be described deterministically, so it cannot take part in the hash."""

@@ -1,0 +1,306 @@
+"""The on-disk layout, atomic commits, manifests and checksums.
+
+::
+
+    root/
+      data/  logs/events.jsonl
+      checkpoints/{hash}/
+        model/{hash}_step_{step:06d}.pt      weights + optimizer + scheduler + RNG + step
+        model/{hash}_architecture.pkl        the model with meta tensors (structure, no weights)
+        model/{hash}_architecture.txt        readable architecture
+        model/{hash}_architecture.json       canonical architecture description
+        hp/{hash}_config.yaml                hyperparameters, optimizer and scheduler settings
+        data/
+        manifest.yaml                        parent, fork step, fork cause, committed checkpoints
+
+Commit policy: every file is written under a temporary name, fsynced, renamed into place and
+its directory fsynced; a checkpoint enters the manifest (with its size and SHA-256) only after
+that. A reader therefore trusts only what the manifest lists and verifies it; temporaries left
+by a crash are never listed and are removed when a store is opened.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import yaml
+
+from .names import validate_name
+
+__all__ = ["FileSystem", "Fault", "Store", "TEMP_MARK", "now_iso"]
+
+TEMP_MARK = ".tmp-"
+FORMAT_VERSION = 1
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class FileSystem:
+    """The OS calls a commit makes, in one place so tests can inject the kernel's errors."""
+
+    def open_write(self, path: Path) -> IO[bytes]:
+        return open(path, "xb")
+
+    def fsync(self, file: IO[bytes]) -> None:
+        os.fsync(file.fileno())
+
+    def replace(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def makedirs(self, path: Path) -> None:
+        os.makedirs(path, exist_ok=True)
+
+
+class _HashingWriter:
+    """Passes writes through to a file while computing their SHA-256 and size."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self._sha.update(data)
+        written = self._file.write(data)
+        self.size += len(memoryview(data).cast("B"))
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    @property
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A committed checkpoint that does not verify."""
+
+    hash: str
+    file: Path
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.problem}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Store:
+    """One root directory of experiments."""
+
+    def __init__(self, root: str | os.PathLike[str], fs: FileSystem | None = None) -> None:
+        self.root = Path(root)
+        self.fs = fs or FileSystem()
+        self._lock = threading.RLock()
+
+    # -- layout -----------------------------------------------------------------------------
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "logs" / "events.jsonl"
+
+    def exp_dir(self, hash: str) -> Path:
+        return self.checkpoints_dir / validate_name(hash, "experiment hash")
+
+    def checkpoint_path(self, hash: str, step: int) -> Path:
+        return self.exp_dir(hash) / "model" / f"{hash}_step_{int(step):06d}.pt"
+
+    def architecture_path(self, hash: str, suffix: str) -> Path:
+        return self.exp_dir(hash) / "model" / f"{hash}_architecture.{suffix}"
+
+    def config_path(self, hash: str) -> Path:
+        return self.exp_dir(hash) / "hp" / f"{hash}_config.yaml"
+
+    def manifest_path(self, hash: str) -> Path:
+        return self.exp_dir(hash) / "manifest.yaml"
+
+    def open(self) -> list[Path]:
+        """Create the top-level folders and remove temporaries left by a crash; returns them."""
+        for folder in (self.root / "data", self.root / "logs", self.checkpoints_dir):
+            self.fs.makedirs(folder)
+        stale = [p for p in self.checkpoints_dir.rglob(f"*{TEMP_MARK}*") if p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
+    # -- atomic writes ----------------------------------------------------------------------
+
+    def write_atomic(self, path: Path, write: Callable[[Any], None]) -> tuple[int, str]:
+        """Write ``path`` through a temporary, fsync and rename; returns ``(size, sha256)``."""
+        self.fs.makedirs(path.parent)
+        temp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with self.fs.open_write(temp) as file:
+                writer = _HashingWriter(file)
+                write(writer)
+                file.flush()
+                self.fs.fsync(file)
+            self.fs.replace(temp, path)
+            self.fs.fsync_dir(path.parent)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return writer.size, writer.hexdigest
+
+    def write_text_atomic(self, path: Path, text: str) -> None:
+        self.write_atomic(path, lambda f: f.write(text.encode()))
+
+    # -- manifests --------------------------------------------------------------------------
+
+    def hashes(self) -> list[str]:
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.checkpoints_dir.iterdir() if (p / "manifest.yaml").is_file())
+
+    def has_experiment(self, hash: str) -> bool:
+        return self.manifest_path(hash).is_file()
+
+    def manifest(self, hash: str) -> dict[str, Any]:
+        path = self.manifest_path(hash)
+        try:
+            with open(path, encoding="utf-8") as file:
+                data = yaml.safe_load(file)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no experiment {hash!r} under {self.checkpoints_dir} ({path} is missing)"
+            ) from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"manifest {path} is not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"manifest {path} does not hold a mapping")
+        data.setdefault("checkpoints", [])
+        return data
+
+    def _write_manifest(self, hash: str, manifest: dict[str, Any]) -> None:
+        text = yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
+        self.write_text_atomic(self.manifest_path(hash), text)
+
+    def prepare(self, hash: str, info: dict[str, Any]) -> None:
+        """Create an experiment's folder, config and architecture files, once per hash.
+
+        ``info`` holds ``parent``, ``fork_step``, ``cause``, ``config``, and optionally
+        ``architecture`` (a picklable module), ``architecture_text`` and ``description``.
+        """
+        with self._lock:
+            if self.has_experiment(hash):
+                return
+            exp = self.exp_dir(hash)
+            for sub in ("model", "hp", "data"):
+                self.fs.makedirs(exp / sub)
+            config = yaml.safe_dump(info.get("config", {}), sort_keys=True)
+            self.write_text_atomic(self.config_path(hash), config)
+            if info.get("architecture_text") is not None:
+                self.write_text_atomic(self.architecture_path(hash, "txt"), info["architecture_text"])
+            if info.get("description") is not None:
+                text = json.dumps(info["description"], sort_keys=True, indent=1)
+                self.write_text_atomic(self.architecture_path(hash, "json"), text)
+            if info.get("architecture") is not None:
+                self.write_atomic(self.architecture_path(hash, "pkl"), lambda f: torch.save(info["architecture"], f))
+            self._write_manifest(
+                hash,
+                {
+                    "format_version": FORMAT_VERSION,
+                    "hash": hash,
+                    "parent": info.get("parent"),
+                    "fork_step": info.get("fork_step"),
+                    "fork_cause": info.get("cause"),
+                    "created": now_iso(),
+                    "checkpoints": [],
+                },
+            )
+
+    def commit(
+        self, hash: str, step: int, reason: str, payload: dict[str, Any], metrics: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        """Write one checkpoint atomically, then record it in the manifest; returns the record."""
+        path = self.checkpoint_path(hash, step)
+        size, digest = self.write_atomic(path, lambda f: torch.save(payload, f))
+        record = {
+            "step": int(step),
+            "file": path.name,
+            "reason": reason,
+            "size": size,
+            "sha256": digest,
+            "created": now_iso(),
+        }
+        if metrics:
+            record["metrics"] = {k: float(v) for k, v in metrics.items()}
+        with self._lock:
+            manifest = self.manifest(hash)
+            kept = [r for r in manifest["checkpoints"] if r.get("file") != path.name]
+            manifest["checkpoints"] = [*kept, record]
+            self._write_manifest(hash, manifest)
+        return record
+
+    def delete(self, hash: str, file: str) -> None:
+        """Remove one checkpoint: out of the manifest first, then off the disk."""
+        with self._lock:
+            manifest = self.manifest(hash)
+            manifest["checkpoints"] = [r for r in manifest["checkpoints"] if r.get("file") != file]
+            self._write_manifest(hash, manifest)
+        (self.exp_dir(hash) / "model" / validate_name(file, "checkpoint file")).unlink(missing_ok=True)
+
+    # -- reading and verifying ----------------------------------------------------------------
+
+    def records(self, hash: str) -> list[dict[str, Any]]:
+        """Committed checkpoints of ``hash``, oldest step first."""
+        return sorted(self.manifest(hash)["checkpoints"], key=lambda r: (r["step"], r["created"]))
+
+    def file_of(self, hash: str, record: dict[str, Any]) -> Path:
+        return self.exp_dir(hash) / "model" / validate_name(record["file"], "checkpoint file")
+
+    def check(self, hash: str, record: dict[str, Any]) -> Fault | None:
+        """Verify one committed checkpoint's size and checksum."""
+        path = self.file_of(hash, record)
+        if not path.is_file():
+            return Fault(hash, path, "file is missing")
+        size = path.stat().st_size
+        if size != record.get("size"):
+            return Fault(hash, path, f"size is {size} bytes, manifest says {record.get('size')} (truncated?)")
+        if sha256_of(path) != record.get("sha256"):
+            return Fault(hash, path, "SHA-256 checksum does not match the manifest (corrupted)")
+        return None
+
+    def verify(self, hashes: list[str] | None = None) -> Iterator[tuple[str, dict[str, Any], Fault | None]]:
+        """Check every committed checkpoint; yields ``(hash, record, fault_or_None)``."""
+        for hash in hashes if hashes is not None else self.hashes():
+            for record in self.records(hash):
+                yield hash, record, self.check(hash, record)
+
+    def load(self, path: Path, trusted: bool = False) -> dict[str, Any]:
+        """Load a checkpoint file; only ``trusted=True`` allows arbitrary unpickling."""
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+
+    def size_on_disk(self, hash: str) -> int:
+        return sum(p.stat().st_size for p in self.exp_dir(hash).rglob("*") if p.is_file())

@@ -1,0 +1,540 @@
+"""The checkpoint system: wires the ledger, the watches, the bus and the built-in handlers.
+
+Threads and consistency, the policy in one place:
+
+- The *training thread* is the one that calls ``optimizer.step()``. Snapshots are taken only on
+  it (or on any thread before training starts, or while closing). A save decided on another
+  thread (an edit from a UI) is deferred to the next step boundary, so no snapshot ever reads a
+  model halfway through an update and no thread ever waits for another: no torn snapshot, no
+  deadlock.
+- A save due at step ``k`` copies weights, optimizer state, statefuls and RNG states in the
+  optimizer's post-step hook, and completes (scheduler state, the lrs the scheduler just set,
+  metrics) at the next boundary: the next step's pre-hook, ``wait()`` or ``close()``. In the usual
+  loop ``scheduler.step()`` runs between the two, so a resumed run's scheduler is not one step
+  behind.
+- Each step's own cost is the cheap checks in :mod:`.watch` plus one ``step`` event.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from handlers import CheckpointingHandler, Decision, EventLogHandler, HashingHandler, RetentionHandler, RetentionPolicy
+
+from .bus import Bus
+from .errors import CheckpointError, CheckpointNotFoundError
+from .fingerprint import canonical, describe_scheduler
+from .ledger import LEDGER, Entry, Ledger
+from .restore import check_architecture, restore_stateful, state_of_stateful
+from .saver import SaveJob, Saver
+from .snapshot import BufferPool, capture_rng, copy_state, restore_rng
+from .store import FileSystem, Store
+from .watch import HyperparamWatch, ModelWatch, OptimizerWatch, install_registration_hooks
+
+__all__ = ["CheckpointSystem", "PAYLOAD_FORMAT_VERSION", "describe_hyperparams"]
+
+log = logging.getLogger("weightslab_events")
+
+PAYLOAD_FORMAT_VERSION = 1
+
+
+def describe_hyperparams(name: str, data: dict) -> dict[str, Any]:
+    return {"kind": "hyperparams", "values": canonical(data, name)}
+
+
+def _meta_copy(model: nn.Module) -> nn.Module | None:
+    """The model's structure with every tensor on the meta device: no weights, cheap to copy."""
+    memo: dict[int, Any] = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            continue
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as error:
+        log.warning("could not copy the architecture of %s: %s", type(model).__name__, error)
+        return None
+
+
+class CheckpointSystem:
+    """Automatic, per-experiment checkpoints of the objects registered in a ledger."""
+
+    def __init__(
+        self,
+        root_log_dir: str | Path = "./experiments",
+        checkpoint_frequency: int | None = 100,
+        *,
+        max_pending: int = 1,
+        when_busy: str = "block",
+        retention: RetentionPolicy | None = None,
+        resume: bool = False,
+        step_optimizer: str | None = None,
+        strict_handlers: bool = False,
+        close_timeout: float = 60.0,
+        file_system: FileSystem | None = None,
+        ledger: Ledger = LEDGER,
+    ) -> None:
+        if checkpoint_frequency is not None and (not isinstance(checkpoint_frequency, int) or checkpoint_frequency < 1):
+            raise ValueError(f"checkpoint_frequency must be a positive integer or None, got {checkpoint_frequency!r}")
+        self.store = Store(root_log_dir, file_system)
+        stale = self.store.open()
+        self.bus = Bus(strict=strict_handlers)
+        self.ledger = ledger
+        self.close_timeout = close_timeout
+        self._lock = threading.RLock()
+        self._models: dict[str, ModelWatch] = {}
+        self._optimizers: dict[str, OptimizerWatch] = {}
+        self._hyperparams: dict[str, HyperparamWatch] = {}
+        self._checks: list[Callable[[], None]] = []
+        self._hooks: dict[str, list[Any]] = {}
+        self._step_optimizer = step_optimizer
+        self._driver: torch.optim.Optimizer | None = None
+        self._training_thread: int | None = None
+        self._in_post_step = False
+        self._user_steps = False
+        self._unfinished: tuple[Decision, BufferPool, dict[str, Any]] | None = None
+        self._deferred: list[Decision] = []
+        self._metrics: dict[str, float] = {}
+        self._auto_resume = resume
+        self._resumed_payload: dict[str, Any] | None = None
+        self._closed = False
+        self._closing = False
+
+        self.saver = Saver(self.store, self._emit_from_worker, max_pending=max_pending, when_busy=when_busy)
+        self.hashing = HashingHandler().connect(self.bus)
+        self.checkpointing = CheckpointingHandler(checkpoint_frequency, save=self._save).connect(self.bus)
+        self.retention = RetentionHandler(self.store, retention).connect(self.bus) if retention else None
+        self.event_log = EventLogHandler(self.store.log_path).connect(self.bus)
+        self.bus.emit("started", root=str(self.store.root), checkpoint_frequency=checkpoint_frequency)
+        for path in stale:
+            log.warning("removed an uncommitted temporary left by a crash: %s", path)
+        ledger.add_listener(self._on_ledger)
+        for entry in ledger.entries():
+            self._attach(entry, replaced=False)
+        self._maybe_auto_resume()
+
+    # -- public state -----------------------------------------------------------------------
+
+    @property
+    def experiment_hash(self) -> str | None:
+        return self.hashing.current
+
+    @property
+    def step(self) -> int:
+        return self.bus.state.step
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    # -- the ledger -------------------------------------------------------------------------
+
+    def _on_ledger(self, action: str, entry: Entry, previous: Entry | None) -> None:
+        with self._lock:
+            if previous is not None:
+                self._detach(previous)
+            if action == "unregister":
+                self._detach(entry)
+                self.bus.emit("unregistered", src=entry.name, kind=entry.kind, name=entry.name)
+                return
+            self._attach(entry, replaced=previous is not None)
+            self._maybe_auto_resume()
+
+    def _attach(self, entry: Entry, replaced: bool) -> None:
+        name, obj = entry.name, entry.obj
+        announce: dict[str, Any] = {"name": name, "kind": entry.kind, "replaced": replaced}
+        if entry.kind == "model":
+            install_registration_hooks()
+            watch = ModelWatch(name, obj, self._notify)
+            self._models[name] = watch
+            self._checks.append(watch.check)
+            announce["description"] = watch.describe()
+        elif entry.kind == "optimizer":
+            optimizer_watch = OptimizerWatch(name, obj, self._notify)
+            self._optimizers[name] = optimizer_watch
+            self._checks.append(optimizer_watch.check)
+            self._hooks[name] = [
+                obj.register_step_pre_hook(self._before_step),
+                obj.register_step_post_hook(self._after_step),
+            ]
+            self._choose_driver()
+            announce["description"] = optimizer_watch.describe()
+        elif entry.kind == "hyperparams":
+            hp_watch = HyperparamWatch(name, obj, self._notify, lambda data=obj, n=name: describe_hyperparams(n, data))
+            self._hyperparams[name] = hp_watch
+            self._checks.append(hp_watch.check)
+            announce["description"] = describe_hyperparams(name, obj)
+        elif entry.kind == "scheduler":
+            announce["description"] = describe_scheduler(obj)
+        elif entry.kind == "stateful" and self._resumed_payload is not None:
+            saved = self._resumed_payload.get("statefuls", {})
+            if name in saved:
+                restore_stateful(obj, saved[name])
+        self.bus.emit(f"{entry.kind}_registered", src=name, **announce)
+
+    def _detach(self, entry: Entry) -> None:
+        watch: Any = self._models.pop(entry.name, None) or self._optimizers.pop(entry.name, None)
+        watch = watch or self._hyperparams.pop(entry.name, None)
+        if watch is None:
+            return
+        self._checks = [c for c in self._checks if getattr(c, "__self__", None) is not watch]
+        if isinstance(watch, ModelWatch):
+            watch.release()
+        for handle in self._hooks.pop(entry.name, []):
+            handle.remove()
+        if isinstance(watch, OptimizerWatch) and watch.optimizer is self._driver:
+            self._driver = None
+            self._choose_driver()
+
+    def _choose_driver(self) -> None:
+        if self._step_optimizer is not None:
+            chosen = self._optimizers.get(self._step_optimizer)
+            self._driver = chosen.optimizer if chosen else None
+        elif self._driver is None and self._optimizers:
+            self._driver = next(iter(self._optimizers.values())).optimizer
+
+    def _notify(self, type: str, src: str | None = None, **data: Any) -> None:
+        self.bus.emit(type, src=src, **data)
+
+    def _emit_from_worker(self, type: str, hash: str, step: int, **data: Any) -> None:
+        self.bus.emit(type, src="saver", exp=hash, step=step, hash=hash, **data)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if optimizer is not self._driver:
+            return
+        self._training_thread = threading.get_ident()
+        if self._unfinished is not None:
+            self._finish_capture()
+        for check in self._checks:
+            check()
+        if self._deferred:
+            self._run_deferred()
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if optimizer is not self._driver or self._user_steps:
+            return
+        self._auto_resume = False
+        self._resumed_payload = None
+        state = self.bus.state
+        state.step += 1
+        self._in_post_step = True
+        try:
+            self.bus.emit("step", step=state.step, driver="auto")
+        finally:
+            self._in_post_step = False
+
+    def check_now(self) -> None:
+        """Run every step-boundary check at once (what ``optimizer.step()`` does first)."""
+        with self._lock:
+            for check in list(self._checks):
+                check()
+
+    # -- saving -----------------------------------------------------------------------------
+
+    def _save(self, decision: Decision) -> None:
+        """Called by the checkpointing handler for each decision it makes."""
+        off_thread = self._training_thread not in (None, threading.get_ident())
+        if off_thread and not self._closing:
+            with self._lock:
+                self._deferred.append(decision)
+            return
+        self._capture(decision)
+
+    def _run_deferred(self) -> None:
+        with self._lock:
+            deferred, self._deferred = self._deferred, []
+        for decision in deferred:
+            self._capture(decision)
+
+    def _capture(self, decision: Decision) -> None:
+        if self._unfinished is not None:
+            self._finish_capture()
+        pool = self.saver.reserve(decision.required, timeout=self.close_timeout)
+        if pool is None:
+            log.warning(
+                "skipped the %s checkpoint of %s at step %d: the writer is still busy",
+                decision.reason,
+                decision.hash,
+                decision.step,
+            )
+            self.bus.emit(
+                "checkpoint_skipped",
+                hash=decision.hash,
+                step=decision.step,
+                reason=decision.reason,
+                why="the writer is still writing earlier checkpoints (max_pending reached)",
+            )
+            return
+        try:
+            with torch.no_grad(), self._lock:
+                payload = {
+                    "format_version": PAYLOAD_FORMAT_VERSION,
+                    "experiment_hash": decision.hash,
+                    "step": decision.step,
+                    "reason": decision.reason,
+                    "models": {n: copy_state(w.model.state_dict(), pool, ("m", n)) for n, w in self._models.items()},
+                    "optimizers": {
+                        n: copy_state(w.optimizer.state_dict(), pool, ("o", n)) for n, w in self._optimizers.items()
+                    },
+                    "statefuls": {
+                        e.name: copy_state(state_of_stateful(e.obj), pool, ("s", e.name))
+                        for e in self.ledger.entries("stateful")
+                    },
+                    "rng": capture_rng(),
+                }
+        except Exception as error:
+            self.saver.release(pool)
+            self._report_capture_failure(decision, error)
+            return
+        self._unfinished = (decision, pool, payload)
+        if not self._in_post_step:
+            self._finish_capture()
+
+    def _finish_capture(self) -> None:
+        unfinished, self._unfinished = self._unfinished, None
+        if unfinished is None:
+            return
+        decision, pool, payload = unfinished
+        try:
+            with self._lock:
+                self._complete_payload(payload, pool)
+                info = {} if self.store.has_experiment(decision.hash) else self._experiment_info(decision)
+                job = SaveJob(decision.hash, decision.step, decision.reason, payload, info, dict(self._metrics))
+            self.saver.submit(pool, job)
+        except Exception as error:
+            self.saver.release(pool)
+            self._report_capture_failure(decision, error)
+
+    def _complete_payload(self, payload: dict[str, Any], pool: BufferPool) -> None:
+        for name, watch in self._optimizers.items():
+            saved_groups = payload["optimizers"][name]["param_groups"]
+            for saved, live in zip(saved_groups, watch.optimizer.param_groups, strict=True):
+                saved.update(copy_state({k: v for k, v in live.items() if k != "params"}, pool, ("g", name)))
+        payload["optimizer_config"] = {n: copy.deepcopy(w.configured) for n, w in self._optimizers.items()}
+        payload["schedulers"] = {
+            e.name: copy_state(e.obj.state_dict(), pool, ("c", e.name)) for e in self.ledger.entries("scheduler")
+        }
+        payload["hyperparams"] = {n: canonical(w.data, n) for n, w in self._hyperparams.items()}
+        payload["reset_counts"] = {
+            n: {w.path_of(m): c for m, c in w.reset_counts.items() if w.contains(m)} for n, w in self._models.items()
+        }
+
+    def _experiment_info(self, decision: Decision) -> dict[str, Any]:
+        components = self.hashing.components
+        return {
+            "parent": decision.parent,
+            "fork_step": decision.fork_step,
+            "cause": "; ".join(c for c in decision.causes if c) or None,
+            "config": {k: v for k, v in components.items() if not k.startswith("model:")},
+            "description": {k: v for k, v in components.items() if k.startswith("model:")},
+            "architecture": {n: _meta_copy(w.model) for n, w in self._models.items()},
+            "architecture_text": "\n\n".join(f"# {n}\n{w.model}" for n, w in self._models.items()),
+        }
+
+    def _report_capture_failure(self, decision: Decision, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        log.warning("checkpoint %s at step %d failed while copying: %s", decision.hash, decision.step, reason)
+        self.saver.record_failure(f"{decision.hash}_step_{decision.step:06d}", reason)
+        self.bus.emit("checkpoint_failed", hash=decision.hash, step=decision.step, reason=decision.reason, error=reason)
+
+    # -- the explicit API of the original design --------------------------------------------
+
+    def checkpoint_on_step(self, step: int) -> None:
+        """Announce the user's step number; from now on user steps drive periodic saves."""
+        self._user_steps = True
+        self._training_thread = threading.get_ident()
+        self.check_now()
+        self._finish_capture()
+        self.bus.state.step = int(step)
+        self.bus.emit("step", step=int(step), driver="user")
+        self._finish_capture()
+
+    def checkpoint_on_model_change(self) -> None:
+        self._request("model_change")
+
+    def checkpoint_on_config_change(self) -> None:
+        self._request("config_change")
+
+    def checkpoint_on_state_change(self, kind: str = "state") -> None:
+        self._request(f"state_change:{kind}")
+
+    def _request(self, reason: str) -> None:
+        self.check_now()
+        self.bus.emit("checkpoint_requested", reason=reason)
+
+    def report_metric(self, name: str, value: float) -> None:
+        """Record a metric (for ``BestN`` retention and the report) and emit ``metric``."""
+        self._metrics[name] = float(value)
+        self.bus.emit("metric", name=name, value=float(value))
+
+    # -- waiting and closing ----------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every scheduled save is durable and async handlers are done.
+
+        Raises :class:`CheckpointError` naming every save that failed since the last call.
+        """
+        if self._training_thread in (None, threading.get_ident()):
+            self._finish_capture()
+        self.saver.flush(timeout)
+        self.bus.wait_handlers(timeout)
+        self.saver.flush(timeout)
+        self.event_log.flush(timeout)
+        self.saver.raise_failures()
+
+    def close(self) -> None:
+        """Save what is due, flush with a bounded wait, detach everything; raise on failures."""
+        if self._closed:
+            return
+        self._closing = True
+        try:
+            self._finish_capture()
+            self._run_deferred()
+            self.bus.emit("closing")
+            self._finish_capture()
+        finally:
+            unfinished = self.saver.close(self.close_timeout)
+            self.bus.close(self.close_timeout)
+            self._shutdown()
+        failures = self.saver.take_failures() + [("writer", u) for u in unfinished]
+        if failures:
+            named = "; ".join(f"{label}: {reason}" for label, reason in failures)
+            raise CheckpointError(f"{len(failures)} checkpoint(s) could not be written: {named}", failures)
+
+    def _shutdown(self) -> None:
+        self.ledger.remove_listener(self._on_ledger)
+        for entry in self.ledger.entries():
+            self._detach(entry)
+        self.ledger.clear()
+        self.event_log.close()
+        self._closed = True
+        from . import api
+
+        api.forget_system(self)
+
+    def __enter__(self) -> CheckpointSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Check every committed checkpoint; each fault is logged, emitted and returned."""
+        faults = []
+        for hash, _record, fault in self.store.verify():
+            if fault is not None:
+                self._report_corrupt(hash, fault)
+                faults.append(str(fault))
+        return faults
+
+    def _report_corrupt(self, hash: str, fault: Any) -> None:
+        log.error("checkpoint %s is not usable: %s", fault.file, fault.problem)
+        self.bus.emit("checkpoint_corrupted", hash=hash, file=str(fault.file), problem=fault.problem)
+
+    def resume(self, hash: str | None = None, step: int | None = None) -> int:
+        """Restore the newest good checkpoint of ``hash`` (default: the current one); returns its step.
+
+        A corrupt checkpoint is reported and skipped for the previous good one; never silently.
+        """
+        hash = hash or self.experiment_hash
+        if hash is None:
+            raise CheckpointNotFoundError("nothing is registered yet, so there is no experiment to resume")
+        if not self.store.has_experiment(hash):
+            raise CheckpointNotFoundError(f"no experiment {hash!r} under {self.store.checkpoints_dir}")
+        records = [r for r in reversed(self.store.records(hash)) if step is None or r["step"] == step]
+        for record in records:
+            fault = self.store.check(hash, record)
+            path = self.store.file_of(hash, record)
+            if fault is None:
+                try:
+                    payload = self.store.load(path)
+                except Exception as error:
+                    fault = type("Fault", (), {"file": path, "problem": f"cannot be loaded: {error}"})()
+            if fault is not None:
+                self._report_corrupt(hash, fault)
+                continue
+            self._restore(payload, str(path))
+            self.bus.emit("resumed", exp=hash, step=payload["step"], hash=hash, file=record["file"])
+            return int(payload["step"])
+        wanted = f"step {step}" if step is not None else "any step"
+        raise CheckpointNotFoundError(f"no good checkpoint of experiment {hash!r} at {wanted}")
+
+    def _restore(self, payload: dict[str, Any], where: str) -> None:
+        with self._lock:
+            models = {n: w.model for n, w in self._models.items()}
+            check_architecture(models, payload["models"], where)
+            for name, model in models.items():
+                model.load_state_dict(payload["models"][name])
+            for name, watch in self._optimizers.items():
+                if name in payload["optimizers"]:
+                    watch.optimizer.load_state_dict(payload["optimizers"][name])
+                    watch.adopt()
+                    watch.configured = copy.deepcopy(payload.get("optimizer_config", {}).get(name, watch.configured))
+            for entry in self.ledger.entries("scheduler"):
+                if entry.name in payload.get("schedulers", {}):
+                    entry.obj.load_state_dict(payload["schedulers"][entry.name])
+            for entry in self.ledger.entries("stateful"):
+                if entry.name in payload.get("statefuls", {}):
+                    restore_stateful(entry.obj, payload["statefuls"][entry.name])
+            for name, watch in self._hyperparams.items():
+                saved = payload.get("hyperparams", {}).get(name)
+                if saved is not None and canonical(watch.data, name) != saved:
+                    watch.data.clear()
+                    watch.data.update(copy.deepcopy(saved))
+            for name, counts in payload.get("reset_counts", {}).items():
+                watch = self._models.get(name)
+                if watch is not None:
+                    modules = dict(watch.model.named_modules())
+                    for path, count in counts.items():
+                        if path in modules:
+                            watch.reset_counts[modules[path]] = count
+            restore_rng(payload.get("rng", {}))
+            self.bus.state.step = int(payload["step"])
+            self._resumed_payload = payload
+            self._announce_restored()
+
+    def _announce_restored(self) -> None:
+        """Re-describe components a resume changed (another hash's config), so the hash follows."""
+        descriptions: dict[str, tuple[str, Any]] = {}
+        for name, watch in self._models.items():
+            watch.refresh()
+            descriptions[f"model:{name}"] = ("state_changed", watch.describe())
+        for name, optimizer_watch in self._optimizers.items():
+            descriptions[f"optimizer:{name}"] = ("optimizer_param_changed", optimizer_watch.describe())
+        for name, hp_watch in self._hyperparams.items():
+            hp_watch.accept()
+            descriptions[f"hyperparams:{name}"] = ("hyperparams_changed", describe_hyperparams(name, hp_watch.data))
+        for key, (event_type, description) in descriptions.items():
+            if canonical(self.hashing.components.get(key)) == canonical(description):
+                continue
+            name = key.split(":", 1)[1]
+            self.bus.emit(
+                event_type, src=name, name=name, kind="resume", key="*", source="resume", description=description
+            )
+
+    def _maybe_auto_resume(self) -> None:
+        if not self._auto_resume or self.experiment_hash is None:
+            return
+        hash = self.experiment_hash
+        if not self.store.has_experiment(hash) or not self.store.records(hash):
+            return
+        try:
+            step = self.resume(hash)
+        except CheckpointNotFoundError as error:
+            log.warning("automatic resume found no usable checkpoint: %s", error)
+            return
+        log.info("resumed experiment %s at step %d", hash, step)

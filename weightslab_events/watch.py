@@ -1,0 +1,380 @@
+"""Turning edits of live torch objects into change notices, without explicit calls.
+
+Two mechanisms, chosen by what torch offers (see DESIGN.md, "Torch facts"):
+
+- At once: torch's global module/parameter/buffer registration hooks fire on
+  ``model.fc = nn.Linear(...)``, ``seq.append(...)``, ``layer.weight = nn.Parameter(...)``. They
+  fire *before* torch stores the value, so the hook stores it itself (torch then stores the same
+  value again) and the new architecture can be described at once. Hooks fire for every module in
+  the process; a dict lookup filters them to registered models.
+- At the next step boundary: ``del seq[i]``, ``p.data = t``, ``requires_grad_()``, param-group
+  writes, ``add_param_group`` and direct edits of a registered dict fire no hook. A cheap
+  signature (lengths, identities, shapes, flags of cached objects; no tree walk) is compared
+  before each optimizer step and a full description is made only when it differs.
+
+Param groups are replaced by :class:`TrackedGroup`, a dict that records who wrote each key: a
+write made from torch's scheduler code is a scheduler move (never forks); any other write is a
+user edit. A user's value forks even if a scheduler rewrote the key before the next step.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .fingerprint import describe_model, describe_optimizer, group_config
+from .hyperparams import diff_paths
+
+__all__ = [
+    "HyperparamWatch",
+    "ModelWatch",
+    "OptimizerWatch",
+    "TrackedGroup",
+    "install_registration_hooks",
+    "watch_for",
+]
+
+Notify = Callable[..., None]
+
+_SCHEDULER_FILES = tuple(os.path.join("torch", "optim", name) for name in ("lr_scheduler.py", "swa_utils.py"))
+
+
+def _written_by_scheduler() -> bool:
+    """True when the write being made comes from torch's scheduler code (two frames up)."""
+    return sys._getframe(2).f_code.co_filename.endswith(_SCHEDULER_FILES)
+
+
+class TrackedGroup(dict):
+    """A param group that records each key written since the last step boundary.
+
+    ``writes[key]`` is ``("user", value)`` or ``("scheduler", None)``; a user write is never
+    downgraded to a scheduler one, so a user's edit survives a scheduler's rewrite.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: dict[str, tuple[str, Any]] = {}
+
+    def _record(self, key: str, value: Any, by_scheduler: bool) -> None:
+        if by_scheduler:
+            self.writes.setdefault(key, ("scheduler", None))
+        else:
+            self.writes[key] = ("user", copy.copy(value))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._record(key, value, _written_by_scheduler())
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        by_scheduler = _written_by_scheduler()
+        for key, value in dict(*args, **kwargs).items():
+            self._record(key, value, by_scheduler)
+            super().__setitem__(key, value)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (dict, (dict(self),))
+
+
+class OptimizerWatch:
+    """Finds user edits and scheduler moves of one optimizer's param groups."""
+
+    def __init__(self, name: str, optimizer: torch.optim.Optimizer, notify: Notify) -> None:
+        self.name = name
+        self.optimizer = optimizer
+        self._notify = notify
+        self.configured: list[dict[str, Any]] = []
+        self._seen: list[dict[str, Any]] = []
+        self.adopt()
+
+    def adopt(self) -> None:
+        """Take the groups' current values as configured and track every group."""
+        groups = self.optimizer.param_groups
+        for index, group in enumerate(groups):
+            if type(group) is not TrackedGroup:
+                groups[index] = TrackedGroup(group)
+        self.configured = [copy.deepcopy(group_config(g)) for g in groups]
+        self._seen = [dict(group_config(g)) for g in groups]
+
+    def describe(self) -> dict[str, Any]:
+        return describe_optimizer(self.optimizer, self.configured)
+
+    def check(self) -> None:
+        """Compare with the last boundary and notify each change (call before each step)."""
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.configured) or any(type(g) is not TrackedGroup for g in groups):
+            self._regroup()
+            return
+        for index, group in enumerate(groups):
+            if group.writes:
+                self._apply_writes(index, group)
+
+    def _apply_writes(self, index: int, group: TrackedGroup) -> None:
+        writes, group.writes = group.writes, {}
+        for key, (source, value) in writes.items():
+            if key in ("params", "initial_lr"):
+                continue
+            if source == "user":
+                old = self.configured[index].get(key)
+                self._seen[index][key] = group.get(key)
+                if key not in self.configured[index] or old != value:
+                    self.configured[index][key] = copy.deepcopy(value)
+                    self._notify_change(index, key, old, value, "user")
+                continue
+            new = group.get(key)
+            old = self._seen[index].get(key)
+            if old != new:
+                self._seen[index][key] = new
+                self._notify_change(index, key, old, new, "scheduler")
+
+    def _regroup(self) -> None:
+        groups = self.optimizer.param_groups
+        previous = self.configured
+        self.adopt()
+        for index, values in enumerate(self.configured):
+            before = previous[index] if index < len(previous) else {}
+            for key in sorted(set(values) | set(before)):
+                if before.get(key) != values.get(key):
+                    self._notify_change(index, key, before.get(key), values.get(key), "user")
+            if index >= len(previous):
+                self._notify_change(index, "params", None, len(groups[index]["params"]), "user")
+
+    def _notify_change(self, index: int, key: str, old: Any, new: Any, source: str) -> None:
+        self._notify(
+            "optimizer_param_changed",
+            src=self.name,
+            name=self.name,
+            group=index,
+            key=key,
+            old=old,
+            new=new,
+            source=source,
+            description=self.describe() if source == "user" else None,
+        )
+
+
+class HyperparamWatch:
+    """Finds direct edits of a registered dict by comparing with a deep copy at each boundary.
+
+    ``dict.__eq__`` compares nested values in C, so the check costs well under a microsecond for
+    a typical config; the deep copy is made only when something changed.
+    """
+
+    def __init__(self, name: str, data: dict, notify: Notify, describe: Callable[[], Any]) -> None:
+        self.name = name
+        self.data = data
+        self._notify = notify
+        self._describe = describe
+        self._last = copy.deepcopy(data)
+
+    def accept(self) -> None:
+        """Take the current values as known (after an edit that was already announced)."""
+        self._last = copy.deepcopy(self.data)
+
+    def check(self) -> None:
+        if self.data == self._last:
+            return
+        changes = diff_paths(self._last, self.data)
+        self._last = copy.deepcopy(self.data)
+        for path, old, new in changes:
+            self._notify(
+                "hyperparams_changed",
+                src=self.name,
+                name=self.name,
+                key=path,
+                old=old,
+                new=new,
+                via="direct",
+                description=self._describe(),
+            )
+
+
+def _spec(value: Any) -> Any:
+    if isinstance(value, nn.Module):
+        return {"type": type(value).__name__, "settings": value.extra_repr()}
+    if isinstance(value, torch.Tensor):
+        if isinstance(value, nn.parameter.UninitializedTensorMixin):
+            return {"shape": "uninitialized"}
+        return {"shape": list(value.shape), "trainable": bool(value.requires_grad)}
+    return None
+
+
+class ModelWatch:
+    """Watches one registered model's structure and trainable flags."""
+
+    def __init__(self, name: str, model: nn.Module, notify: Notify) -> None:
+        self.name = name
+        self.model = model
+        self._notify = notify
+        self.reset_counts: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+        self._paths: dict[int, str] = {}
+        self._modules: list[nn.Module] = []
+        self._params: list[tuple[str, nn.Parameter]] = []
+        self._signature: list[Any] = []
+        self.refresh()
+
+    def describe(self) -> dict[str, Any]:
+        return describe_model(self.model, self.reset_counts)
+
+    def refresh(self) -> None:
+        """Re-cache the module tree after a structural change."""
+        for key in self._paths:
+            _WATCHED.pop(key, None)
+        named = list(self.model.named_modules(remove_duplicate=False))
+        self._paths = {id(m): path for path, m in named}
+        self._modules = [m for _, m in named]
+        self._params = [
+            (f"{path}.{pname}" if path else pname, p)
+            for path, m in named
+            for pname, p in m._parameters.items()
+            if p is not None
+        ]
+        for key in self._paths:
+            _WATCHED[key] = self
+        self._signature = self._take_signature()
+
+    def release(self) -> None:
+        for key in self._paths:
+            if _WATCHED.get(key) is self:
+                del _WATCHED[key]
+
+    def contains(self, module: nn.Module) -> bool:
+        return id(module) in self._paths
+
+    def path_of(self, module: nn.Module) -> str:
+        return self._paths.get(id(module), "")
+
+    def _take_signature(self) -> list[Any]:
+        shape = [(id(m._modules), len(m._modules), len(m._parameters), len(m._buffers)) for m in self._modules]
+        shape.extend((p.shape, p.dtype, p.requires_grad) for _, p in self._params)
+        return shape
+
+    def check(self) -> None:
+        """Compare the cheap signature with the last one; describe and notify only on change."""
+        if self._take_signature() == self._signature:
+            return
+        old_flags = {path: p.requires_grad for path, p in self._params}
+        old_shapes = {path: (tuple(p.shape), p.dtype) for path, p in self._params}
+        old_modules = set(self._paths.values())
+        self.refresh()
+        new_flags = {path: p.requires_grad for path, p in self._params}
+        new_shapes = {path: (tuple(p.shape), p.dtype) for path, p in self._params}
+        new_modules = set(self._paths.values())
+        structural = (
+            old_modules != new_modules
+            or any(old_shapes.get(path) != shape for path, shape in new_shapes.items())
+            or set(old_shapes) != set(new_shapes)
+        )
+        if structural:
+            self._notify_edit(
+                path=", ".join(sorted(old_modules ^ new_modules)) or _changed(old_shapes, new_shapes),
+                old={"modules": sorted(old_modules - new_modules), "params": _shapes(old_shapes, new_shapes)},
+                new={"modules": sorted(new_modules - old_modules), "params": _shapes(new_shapes, old_shapes)},
+                how="diff",
+            )
+            return
+        frozen = sorted(p for p, flag in new_flags.items() if old_flags.get(p) and not flag)
+        thawed = sorted(p for p, flag in new_flags.items() if flag and old_flags.get(p) is False)
+        for kind, paths in (("freeze", frozen), ("unfreeze", thawed)):
+            if paths:
+                self.notify_state(kind, paths)
+
+    def notify_state(self, kind: str, paths: list[str]) -> None:
+        self._notify(
+            "state_changed",
+            src=self.name,
+            name=self.name,
+            kind=kind,
+            paths=paths,
+            description=self.describe(),
+        )
+
+    def on_registration(self, module: nn.Module, attr: str, old: Any, new: Any) -> None:
+        """A registration hook fired inside this model (the value is already stored)."""
+        base = self.path_of(module)
+        self.refresh()
+        self._notify_edit(path=f"{base}.{attr}" if base else attr, old=_spec(old), new=_spec(new), how="assign")
+
+    def _notify_edit(self, path: str, old: Any, new: Any, how: str) -> None:
+        self._notify(
+            "layer_edited",
+            src=self.name,
+            name=self.name,
+            path=path,
+            old=old,
+            new=new,
+            how=how,
+            description=self.describe(),
+        )
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
+    return ", ".join(sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p)))
+
+
+def _shapes(these: dict[str, Any], others: dict[str, Any]) -> dict[str, Any]:
+    return {path: list(shape) for path, (shape, _dtype) in these.items() if others.get(path, (None,))[0] != shape}
+
+
+# -- torch's global registration hooks -------------------------------------------------------
+
+_WATCHED: dict[int, ModelWatch] = {}
+_install_lock = threading.Lock()
+_installed = False
+
+
+def watch_for(module: nn.Module) -> ModelWatch | None:
+    """The watch of the registered model that contains ``module``, if any."""
+    return _WATCHED.get(id(module))
+
+
+def _on_module(module: nn.Module, name: str, value: Any) -> None:
+    watch = _WATCHED.get(id(module))
+    if watch is None:
+        return None
+    old = module._modules.get(name)
+    module._modules[name] = value
+    watch.on_registration(module, name, old, value)
+    return None
+
+
+def _on_parameter(module: nn.Module, name: str, value: Any) -> None:
+    watch = _WATCHED.get(id(module))
+    if watch is None:
+        return None
+    old = module._parameters.get(name)
+    module._parameters[name] = value
+    watch.on_registration(module, name, old, value)
+    return None
+
+
+def _on_buffer(module: nn.Module, name: str, value: Any) -> None:
+    watch = _WATCHED.get(id(module))
+    if watch is None:
+        return None
+    old = module._buffers.get(name)
+    if value is not None and old is not None and value.shape == old.shape and value.dtype == old.dtype:
+        return None
+    module._buffers[name] = value
+    watch.on_registration(module, name, old, value)
+    return None
+
+
+def install_registration_hooks() -> None:
+    """Install torch's global registration hooks once per process (they filter by model)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        registration = torch.nn.modules.module
+        registration.register_module_module_registration_hook(_on_module)
+        registration.register_module_parameter_registration_hook(_on_parameter)
+        registration.register_module_buffer_registration_hook(_on_buffer)
+        _installed = True
