@@ -218,6 +218,8 @@ class ModelWatch:
         self._modules: list[nn.Module] = []
         self._params: list[tuple[str, nn.Parameter]] = []
         self._signature: list[Any] = []
+        self._lazy = False
+        self._known_params: dict[str, tuple[Any, torch.dtype, bool]] = {}
         self.refresh()
 
     def describe(self) -> dict[str, Any]:
@@ -236,6 +238,8 @@ class ModelWatch:
             for pname, p in m._parameters.items()
             if p is not None
         ]
+        self._lazy = any(isinstance(p, nn.parameter.UninitializedTensorMixin) for _, p in self._params)
+        self._known_params = {path: (_shape(p), p.dtype, p.requires_grad) for path, p in self._params}
         for key in self._paths:
             _WATCHED[key] = self
         self._signature = self._take_signature()
@@ -253,26 +257,22 @@ class ModelWatch:
 
     def _take_signature(self) -> list[Any]:
         shape = [(id(m._modules), len(m._modules), len(m._parameters), len(m._buffers)) for m in self._modules]
-        shape.extend((p.shape, p.dtype, p.requires_grad) for _, p in self._params)
+        if self._lazy:
+            shape.extend((type(p), _shape(p), p.dtype, p.requires_grad) for _, p in self._params)
+        else:
+            shape.extend((p.shape, p.dtype, p.requires_grad) for _, p in self._params)
         return shape
 
     def check(self) -> None:
         """Compare the cheap signature with the last one; describe and notify only on change."""
         if self._take_signature() == self._signature:
             return
-        old_flags = {path: p.requires_grad for path, p in self._params}
-        old_shapes = {path: (tuple(p.shape), p.dtype) for path, p in self._params}
-        old_modules = set(self._paths.values())
+        old_params, old_modules = self._known_params, set(self._paths.values())
         self.refresh()
-        new_flags = {path: p.requires_grad for path, p in self._params}
-        new_shapes = {path: (tuple(p.shape), p.dtype) for path, p in self._params}
-        new_modules = set(self._paths.values())
-        structural = (
-            old_modules != new_modules
-            or any(old_shapes.get(path) != shape for path, shape in new_shapes.items())
-            or set(old_shapes) != set(new_shapes)
-        )
-        if structural:
+        new_params, new_modules = self._known_params, set(self._paths.values())
+        old_shapes = {path: spec[:2] for path, spec in old_params.items()}
+        new_shapes = {path: spec[:2] for path, spec in new_params.items()}
+        if old_modules != new_modules or old_shapes != new_shapes:
             self._notify_edit(
                 path=", ".join(sorted(old_modules ^ new_modules)) or _changed(old_shapes, new_shapes),
                 old={"modules": sorted(old_modules - new_modules), "params": _shapes(old_shapes, new_shapes)},
@@ -280,8 +280,8 @@ class ModelWatch:
                 how="diff",
             )
             return
-        frozen = sorted(p for p, flag in new_flags.items() if old_flags.get(p) and not flag)
-        thawed = sorted(p for p, flag in new_flags.items() if flag and old_flags.get(p) is False)
+        frozen = sorted(p for p, spec in new_params.items() if old_params[p][2] and not spec[2])
+        thawed = sorted(p for p, spec in new_params.items() if spec[2] and not old_params[p][2])
         for kind, paths in (("freeze", frozen), ("unfreeze", thawed)):
             if paths:
                 self.notify_state(kind, paths)
@@ -313,6 +313,12 @@ class ModelWatch:
             how=how,
             description=self.describe(),
         )
+
+
+def _shape(tensor: torch.Tensor) -> tuple[int, ...] | str:
+    if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+        return "uninitialized"
+    return tuple(tensor.shape)
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
