@@ -113,7 +113,7 @@ class CheckpointingHandler:
     def on_resumed(self, event: Event) -> None:
         with self._lock:
             self.hash = self.boundary_hash = event.data.get("hash")
-            self.step = event.data.get("step", 0)
+            self.step = event.step
             self._pending = None
             self._last_saved = (self.hash, self.step)
 
