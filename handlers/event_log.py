@@ -57,11 +57,13 @@ class EventLogHandler:
             self._wake.wait(WRITE_INTERVAL)
             self._wake.clear()
             stopping = self._stopping
-            lines = []
+            batch = []
             while self._pending:
-                lines.append(self._pending.popleft().to_json() + "\n")
-            if lines:
-                file.write("".join(lines))
+                batch.append(self._pending.popleft())
+            if batch:
+                # Threads emit concurrently; within a batch, lines go out in seq order.
+                batch.sort(key=lambda event: event.seq)
+                file.write("".join(event.to_json() + "\n" for event in batch))
                 file.flush()
             with self._written:
                 self._batches += 1

@@ -6,7 +6,8 @@ Policy, and why:
   an inline lambda then silently stops firing once collected.
 - A receiver that raises never stops the others nor training: blinker's ``send`` stops at the
   first error. The error is logged and emitted as ``handler_failed`` (never for a failing
-  ``handler_failed`` receiver, so it cannot loop). ``strict=True`` re-raises instead, for tests.
+  ``handler_failed`` receiver, so it cannot loop). ``strict=True`` re-raises instead, for tests:
+  a sync handler's error in the emitting thread, an async handler's from ``wait_handlers``.
 - Order is fixed: the ``core`` group (hashing) runs first, then ``user`` receivers, then the
   ``sink`` group (checkpointing, the log); connection order within a group.
 - Run to completion: an event emitted while this thread is dispatching is queued and dispatched
@@ -66,14 +67,24 @@ class BusState:
 class Subscription:
     """A connection of one handler to one signal; ``close()`` or a ``with`` block ends it."""
 
-    def __init__(self, signal: Signal, handler: Handler, name: str, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self, signal: Signal, handler: Handler, name: str, on_close: Callable[[], None], weak: bool = False
+    ) -> None:
         self._signal = signal
-        self.handler = handler
+        self._handler: Any = weakref.ref(handler) if weak else handler
+        self._weak = weak
         self.signal_name = name
         self._on_close = on_close
 
+    @property
+    def handler(self) -> Handler | None:
+        """The handler, or ``None`` once a weakly held one has been collected."""
+        return self._handler() if self._weak else self._handler
+
     def close(self) -> None:
-        self._signal.disconnect(self.handler)
+        handler = self.handler
+        if handler is not None:
+            self._signal.disconnect(handler)
         self._on_close()
 
     def __enter__(self) -> Subscription:
@@ -96,6 +107,7 @@ class Bus:
         self._seq = itertools.count(1)
         self._local = threading.local()
         self._async = AsyncRunner()
+        self._async_errors: list[BaseException] = []
         self._cache: dict[tuple[str, Any], tuple[tuple[Handler, bool], ...]] = {}
 
     # -- connecting -------------------------------------------------------------------------
@@ -119,7 +131,7 @@ class Bus:
         route.connect(handler, sender=sender, weak=weak)
         self._order.setdefault(make_id(handler), next(self._counter))
         self._cache.clear()
-        return Subscription(route, handler, name, self._cache.clear)
+        return Subscription(route, handler, name, self._cache.clear, weak)
 
     def receivers(self, name: str, sender: Any = None) -> list[Handler]:
         """Receivers of ``name`` for ``sender``, in dispatch order."""
@@ -203,6 +215,9 @@ class Bus:
 
     def _reporter_for(self, receiver: Handler, event: Event) -> Callable[[BaseException], None]:
         def report(error: BaseException) -> None:
+            if self.strict:
+                self._async_errors.append(error)
+                return
             self._report(receiver, event, error)
 
         return report
@@ -230,8 +245,16 @@ class Bus:
     # -- async work -------------------------------------------------------------------------
 
     def wait_handlers(self, timeout: float | None = None) -> bool:
-        """Block until async handler work in flight has finished; ``False`` on timeout."""
-        return self._async.wait(timeout)
+        """Block until async handler work in flight has finished; ``False`` on timeout.
+
+        In strict mode the first error an async handler raised is re-raised here, since it
+        cannot be raised into the thread that emitted the event.
+        """
+        finished = self._async.wait(timeout)
+        if self._async_errors:
+            error, self._async_errors = self._async_errors[0], []
+            raise error
+        return finished
 
     def pending_handlers(self) -> int:
         return self._async.pending()

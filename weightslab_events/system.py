@@ -320,7 +320,9 @@ class CheckpointSystem:
     def _complete_payload(self, payload: dict[str, Any], pool: BufferPool) -> None:
         for name, watch in self._optimizers.items():
             saved_groups = payload["optimizers"][name]["param_groups"]
-            for saved, live in zip(saved_groups, watch.optimizer.param_groups, strict=True):
+            # Groups added since the copy (add_param_group) belong to the next checkpoint.
+            live_groups = watch.optimizer.param_groups[: len(saved_groups)]
+            for saved, live in zip(saved_groups, live_groups, strict=True):
                 saved.update(copy_state({k: v for k, v in live.items() if k != "params"}, pool, ("g", name)))
         payload["optimizer_config"] = {n: copy.deepcopy(w.configured) for n, w in self._optimizers.items()}
         payload["schedulers"] = {
