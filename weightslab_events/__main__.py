@@ -1,0 +1,5 @@
+"""``python -m weightslab_events`` runs the command line."""
+
+from .cli import main
+
+main()
