@@ -228,7 +228,7 @@ def test_report_renders_in_a_real_browser(recorded, tmp_path):
 
 def test_report_stays_readable_with_a_hundred_hashes(tmp_path):
     root = tmp_path / "experiments"
-    system = wle.get_checkpoint_system(str(root), checkpoint_frequency=None)
+    wle.get_checkpoint_system(str(root), checkpoint_frequency=None)
     model = wle.register_model("model", mlp())
     optimizer = wle.register_optimizer("optimizer", torch.optim.SGD(model.parameters(), lr=0.1))
     for i in range(99):
