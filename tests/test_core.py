@@ -245,3 +245,31 @@ def test_edits_from_another_thread_while_training(setup):
         for record in system.store.records(hash):
             payload = load(system.store.file_of(hash, record))
             assert payload["experiment_hash"] == hash
+
+
+def test_with_several_optimizers_the_first_drives_steps_unless_configured(make_system):
+    system = make_system(checkpoint_frequency=None)
+    model = wle.register_model("model", mlp())
+    head = wle.register_optimizer("head", torch.optim.SGD(model[2].parameters(), lr=0.1))
+    body = wle.register_optimizer("body", torch.optim.SGD(model[0].parameters(), lr=0.1))
+    x, y = batch()
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(x), y)
+        head.zero_grad()
+        body.zero_grad()
+        loss.backward()
+        head.step()
+        body.step()
+        body.step()  # an extra step of the second optimizer does not count
+    assert system.step == 3
+    system.close()
+
+    system = make_system(checkpoint_frequency=None, step_optimizer="body")
+    model = wle.register_model("model", mlp())
+    head = wle.register_optimizer("head", torch.optim.SGD(model[2].parameters(), lr=0.1))
+    body = wle.register_optimizer("body", torch.optim.SGD(model[0].parameters(), lr=0.1))
+    for _ in range(2):
+        head.step()
+        body.step()
+        body.step()
+    assert system.step == 4
