@@ -48,9 +48,18 @@ def instructions(mode: str, steps: int) -> int:
     with tempfile.TemporaryDirectory() as out:
         target = os.path.join(out, "cg.out")
         subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={target}", sys.executable, __file__,
-             "--child", mode, str(steps)],
-            check=True, capture_output=True,
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={target}",
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                str(steps),
+            ],
+            check=True,
+            capture_output=True,
         )
         with open(target) as file:
             match = re.search(r"^(?:summary|totals): (\d+)", file.read(), re.M)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,16 @@ def load(path: Path) -> dict:
 
 def manifest_steps(system: wle.CheckpointSystem, hash: str) -> list[tuple[int, str]]:
     return [(r["step"], r["reason"]) for r in system.store.records(hash)]
+
+
+def blocking_commit(system: wle.CheckpointSystem, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the writer hold each commit until the returned event is set (a slow disk, on demand)."""
+    release = threading.Event()
+    original = system.store.commit
+
+    def slow(*args: Any, **kwargs: Any) -> dict:
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(system.store, "commit", slow)
+    return release

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 import torch
-from conftest import batch, load, manifest_steps, mlp, train
+from conftest import batch, blocking_commit, load, manifest_steps, mlp, train
 from torch import nn
 
 import weightslab_events as wle
@@ -75,14 +75,7 @@ def test_optimizer_step_returns_before_the_write(setup, monkeypatch):
     system, model, optimizer, *_ = setup(checkpoint_frequency=3)
     train(model, optimizer, 1)
     system.wait()
-    release = threading.Event()
-    original = system.store.commit
-
-    def slow_commit(*args, **kwargs):
-        release.wait(30)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(system.store, "commit", slow_commit)
+    release = blocking_commit(system, monkeypatch)
     train(model, optimizer, 3)  # steps 2-4: the save of step 3 is still being written
     assert system.step == 4 and system.saver.pending() == 1
     release.set()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import close_all, manifest_steps, mlp, train
+from conftest import blocking_commit, close_all, manifest_steps, mlp, train
 from torch import nn
 
 import weightslab_events as wle
@@ -291,18 +291,6 @@ def test_failed_fork_writes_its_config_with_the_next_successful_save(make_system
 
 
 # -- memory and back-pressure -----------------------------------------------------------------
-
-
-def blocking_commit(system, monkeypatch) -> threading.Event:
-    release = threading.Event()
-    original = system.store.commit
-
-    def slow(*args, **kwargs):
-        release.wait(30)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(system.store, "commit", slow)
-    return release
 
 
 def test_periodic_save_is_skipped_when_the_writer_is_behind(setup, monkeypatch, caplog):

@@ -120,24 +120,8 @@ def register_hyperparams(name: str, params: dict) -> HyperParams:
 
 def _hyperparam_written(name: str, params: dict, key: str, old: Any, new: Any) -> None:
     system = _system
-    if system is None:
-        return
-    from .system import describe_hyperparams
-
-    watch = system._hyperparams.get(name)
-    if watch is None or watch.data is not params:
-        return
-    watch.accept()
-    system.bus.emit(
-        "hyperparams_changed",
-        src=name,
-        name=name,
-        key=key,
-        old=old,
-        new=new,
-        via="mapping",
-        description=describe_hyperparams(name, params),
-    )
+    if system is not None:
+        system.hyperparams_written(name, params, key, old, new)
 
 
 def register_scheduler(name: str, scheduler: Any) -> Any:

@@ -37,7 +37,7 @@ from .ledger import LEDGER, Entry, Ledger
 from .restore import check_architecture, restore_stateful, state_of_stateful
 from .saver import SaveJob, Saver
 from .snapshot import BufferPool, capture_rng, copy_state, restore_rng
-from .store import FileSystem, Store
+from .store import Fault, FileSystem, Store
 from .watch import HyperparamWatch, ModelWatch, OptimizerWatch, install_registration_hooks
 
 __all__ = ["CheckpointSystem", "PAYLOAD_FORMAT_VERSION", "describe_hyperparams"]
@@ -376,6 +376,23 @@ class CheckpointSystem:
         self.check_now()
         self.bus.emit("checkpoint_requested", reason=reason)
 
+    def hyperparams_written(self, name: str, data: dict, key: str, old: Any, new: Any) -> None:
+        """A write through the mapping ``register_hyperparams`` returned: announce it at once."""
+        watch = self._hyperparams.get(name)
+        if watch is None or watch.data is not data:
+            return
+        watch.accept()
+        self.bus.emit(
+            "hyperparams_changed",
+            src=name,
+            name=name,
+            key=key,
+            old=old,
+            new=new,
+            via="mapping",
+            description=describe_hyperparams(name, data),
+        )
+
     def report_metric(self, name: str, value: float) -> None:
         """Record a metric (for ``BestN`` retention and the report) and emit ``metric``."""
         self._metrics[name] = float(value)
@@ -443,7 +460,7 @@ class CheckpointSystem:
                 faults.append(str(fault))
         return faults
 
-    def _report_corrupt(self, hash: str, fault: Any) -> None:
+    def _report_corrupt(self, hash: str, fault: Fault) -> None:
         log.error("checkpoint %s is not usable: %s", fault.file, fault.problem)
         self.bus.emit("checkpoint_corrupted", hash=hash, file=str(fault.file), problem=fault.problem)
 
@@ -465,7 +482,7 @@ class CheckpointSystem:
                 try:
                     payload = self.store.load(path)
                 except Exception as error:
-                    fault = type("Fault", (), {"file": path, "problem": f"cannot be loaded: {error}"})()
+                    fault = Fault(hash, path, f"cannot be loaded: {error}")
             if fault is not None:
                 self._report_corrupt(hash, fault)
                 continue
