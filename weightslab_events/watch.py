@@ -174,6 +174,9 @@ class HyperparamWatch:
         self._describe = describe
         self._last = copy.deepcopy(data)
 
+    def describe_now(self) -> Any:
+        return self._describe()
+
     def accept(self) -> None:
         """Take the current values as known (after an edit that was already announced)."""
         self._last = copy.deepcopy(self.data)

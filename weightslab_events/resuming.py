@@ -1,0 +1,154 @@
+"""Resuming: verifying committed checkpoints and restoring one into the live objects.
+
+A mixin of :class:`~weightslab_events.system.CheckpointSystem`, kept apart because restoring is
+its own idea: which checkpoint to trust (verified newest first, a corrupt one reported and
+skipped, never silently), what to put back (models, optimizers with their configured values,
+schedulers, statefuls, RNG states, step, reset counts, hyperparameters), and how the experiment
+hash follows when another hash's checkpoint is restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointNotFoundError
+from .fingerprint import canonical
+from .restore import check_architecture, restore_stateful
+from .snapshot import restore_rng
+from .store import Fault
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .ledger import Ledger
+    from .store import Store
+    from .watch import HyperparamWatch, ModelWatch, OptimizerWatch
+
+__all__ = ["Resuming"]
+
+log = logging.getLogger("weightslab_events")
+
+
+class Resuming:
+    """``verify()``, ``resume()`` and the automatic resume of ``resume=True``."""
+
+    bus: Bus
+    store: Store
+    ledger: Ledger
+    hashing: Any
+    experiment_hash: str | None
+    _lock: threading.RLock
+    _models: dict[str, ModelWatch]
+    _optimizers: dict[str, OptimizerWatch]
+    _hyperparams: dict[str, HyperparamWatch]
+    _auto_resume: bool
+    _resumed_payload: dict[str, Any] | None
+
+    def verify(self) -> list[str]:
+        """Check every committed checkpoint; each fault is logged, emitted and returned."""
+        faults = []
+        for hash, _record, fault in self.store.verify():
+            if fault is not None:
+                self._report_corrupt(hash, fault)
+                faults.append(str(fault))
+        return faults
+
+    def _report_corrupt(self, hash: str, fault: Fault) -> None:
+        log.error("checkpoint %s is not usable: %s", fault.file, fault.problem)
+        self.bus.emit("checkpoint_corrupted", hash=hash, file=str(fault.file), problem=fault.problem)
+
+    def resume(self, hash: str | None = None, step: int | None = None) -> int:
+        """Restore the newest good checkpoint of ``hash`` (default: the current one); returns its step.
+
+        A corrupt checkpoint is reported and skipped for the previous good one; never silently.
+        """
+        hash = hash or self.experiment_hash
+        if hash is None:
+            raise CheckpointNotFoundError("nothing is registered yet, so there is no experiment to resume")
+        if not self.store.has_experiment(hash):
+            raise CheckpointNotFoundError(f"no experiment {hash!r} under {self.store.checkpoints_dir}")
+        records = [r for r in reversed(self.store.records(hash)) if step is None or r["step"] == step]
+        for record in records:
+            fault = self.store.check(hash, record)
+            path = self.store.file_of(hash, record)
+            if fault is None:
+                try:
+                    payload = self.store.load(path)
+                except Exception as error:
+                    fault = Fault(hash, path, f"cannot be loaded: {error}")
+            if fault is not None:
+                self._report_corrupt(hash, fault)
+                continue
+            self._restore(payload, str(path))
+            self.bus.emit("resumed", exp=hash, step=payload["step"], hash=hash, file=record["file"])
+            return int(payload["step"])
+        wanted = f"step {step}" if step is not None else "any step"
+        raise CheckpointNotFoundError(f"no good checkpoint of experiment {hash!r} at {wanted}")
+
+    def _restore(self, payload: dict[str, Any], where: str) -> None:
+        with self._lock:
+            models = {n: w.model for n, w in self._models.items()}
+            check_architecture(models, payload["models"], where)
+            for name, model in models.items():
+                model.load_state_dict(payload["models"][name])
+            for name, watch in self._optimizers.items():
+                if name in payload["optimizers"]:
+                    watch.optimizer.load_state_dict(payload["optimizers"][name])
+                    watch.adopt()
+                    watch.configured = copy.deepcopy(payload.get("optimizer_config", {}).get(name, watch.configured))
+            for entry in self.ledger.entries("scheduler"):
+                if entry.name in payload.get("schedulers", {}):
+                    entry.obj.load_state_dict(payload["schedulers"][entry.name])
+            for entry in self.ledger.entries("stateful"):
+                if entry.name in payload.get("statefuls", {}):
+                    restore_stateful(entry.obj, payload["statefuls"][entry.name])
+            for name, watch in self._hyperparams.items():
+                saved = payload.get("hyperparams", {}).get(name)
+                if saved is not None and canonical(watch.data, name) != saved:
+                    watch.data.clear()
+                    watch.data.update(copy.deepcopy(saved))
+            for name, counts in payload.get("reset_counts", {}).items():
+                watch = self._models.get(name)
+                if watch is not None:
+                    modules = dict(watch.model.named_modules())
+                    for path, count in counts.items():
+                        if path in modules:
+                            watch.reset_counts[modules[path]] = count
+            restore_rng(payload.get("rng", {}))
+            self.bus.state.step = int(payload["step"])
+            self._resumed_payload = payload
+            self._announce_restored()
+
+    def _announce_restored(self) -> None:
+        """Re-describe components a resume changed (another hash's config), so the hash follows."""
+        descriptions: dict[str, tuple[str, Any]] = {}
+        for name, watch in self._models.items():
+            watch.refresh()
+            descriptions[f"model:{name}"] = ("state_changed", watch.describe())
+        for name, optimizer_watch in self._optimizers.items():
+            descriptions[f"optimizer:{name}"] = ("optimizer_param_changed", optimizer_watch.describe())
+        for name, hp_watch in self._hyperparams.items():
+            hp_watch.accept()
+            descriptions[f"hyperparams:{name}"] = ("hyperparams_changed", hp_watch.describe_now())
+        for key, (event_type, description) in descriptions.items():
+            if canonical(self.hashing.components.get(key)) == canonical(description):
+                continue
+            name = key.split(":", 1)[1]
+            self.bus.emit(
+                event_type, src=name, name=name, kind="resume", key="*", source="resume", description=description
+            )
+
+    def _maybe_auto_resume(self) -> None:
+        if not self._auto_resume or self.experiment_hash is None:
+            return
+        hash = self.experiment_hash
+        if not self.store.has_experiment(hash) or not self.store.records(hash):
+            return
+        try:
+            step = self.resume(hash)
+        except CheckpointNotFoundError as error:
+            log.warning("automatic resume found no usable checkpoint: %s", error)
+            return
+        log.info("resumed experiment %s at step %d", hash, step)
