@@ -76,10 +76,6 @@ class AsyncRunner:
             done.set_result(None)
             self._idle.notify_all()
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted handler has finished; ``False`` on timeout."""
         with self._lock:

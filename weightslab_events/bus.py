@@ -256,8 +256,5 @@ class Bus:
             raise error
         return finished
 
-    def pending_handlers(self) -> int:
-        return self._async.pending()
-
     def close(self, timeout: float | None = 10.0) -> None:
         self._async.close(timeout)

@@ -44,10 +44,6 @@ class BufferPool:
             del self._buffers[path]
         self._used.clear()
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._buffers.values())
-
 
 def copy_state(value: Any, pool: BufferPool, path: Path = ()) -> Any:
     """A deep copy of ``value`` in which every tensor lives in ``pool``'s buffers."""

@@ -298,9 +298,9 @@ class Store:
             for record in self.records(hash):
                 yield hash, record, self.check(hash, record)
 
-    def load(self, path: Path, trusted: bool = False) -> dict[str, Any]:
-        """Load a checkpoint file; only ``trusted=True`` allows arbitrary unpickling."""
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    def load(self, path: Path) -> dict[str, Any]:
+        """Load a checkpoint file with ``weights_only=True``: it never unpickles code."""
+        return torch.load(path, map_location="cpu", weights_only=True)
 
     def size_on_disk(self, hash: str) -> int:
         return sum(p.stat().st_size for p in self.exp_dir(hash).rglob("*") if p.is_file())

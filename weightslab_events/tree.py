@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .store import Store
 
 __all__ = ["Experiment", "load_experiments", "render_tree", "resolve_hash"]
@@ -32,10 +30,6 @@ class Experiment:
     @property
     def last_step(self) -> int | None:
         return self.checkpoints[-1]["step"] if self.checkpoints else None
-
-    def config(self, store: Store) -> dict[str, Any]:
-        path = store.config_path(self.hash)
-        return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
     def to_json(self) -> dict[str, Any]:
         return {
