@@ -68,7 +68,24 @@ def _meta_copy(model: nn.Module) -> nn.Module | None:
 
 
 class CheckpointSystem(Resuming):
-    """Automatic, per-experiment checkpoints of the objects registered in a ledger."""
+    """Automatic, per-experiment checkpoints of the objects registered in a ledger.
+
+    Options:
+
+    - ``root_log_dir``: the experiments root (created if missing).
+    - ``checkpoint_frequency``: a periodic checkpoint every this many steps; ``None`` for none
+      (forks, resets and the final checkpoint are still saved).
+    - ``max_pending``: snapshots held in memory at once (each about the size of the state).
+    - ``when_busy``: ``"block"`` (default) or ``"skip"`` a periodic save when all are pending.
+    - ``retention``: a :class:`~handlers.retention.RetentionPolicy`, e.g. ``LatestN(3) | BestN(1, "loss")``.
+    - ``resume``: restore the newest good checkpoint as soon as the registered objects match a
+      stored experiment (restart after a crash with no code change).
+    - ``step_optimizer``: the registered name of the optimizer whose steps count (default: the
+      first registered).
+    - ``strict_handlers``: re-raise handler errors instead of reporting them (for tests).
+    - ``close_timeout``: seconds ``close()`` waits for pending writes (and a required save for a slot).
+    - ``file_system``: the OS seam of the store, for fault injection in tests.
+    """
 
     def __init__(
         self,
