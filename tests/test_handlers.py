@@ -230,3 +230,17 @@ def test_handler_failure_on_worker_thread_is_reported(setup):
     system.wait()
     assert any(e.data["event_type"] == "checkpoint_saved" for e in rec.of_type("handler_failed"))
     assert torch.load(system.store.checkpoint_path(system.experiment_hash, 2), weights_only=True)["step"] == 2
+
+
+def test_a_handler_on_the_writer_thread_may_call_wait_without_deadlock(setup):
+    system, model, optimizer, config, rec = setup(checkpoint_frequency=1)
+    waited = []
+
+    def wait_then_note(event):
+        system.wait()  # on the writer thread: must not wait for itself
+        waited.append(event.step)
+
+    wle.subscribe(wle.signals.checkpoint_saved, wait_then_note)
+    train(model, optimizer, 3)
+    system.wait(timeout=20)
+    assert waited == [1, 2, 3]

@@ -51,6 +51,8 @@ class SaveJob:
 
 Notify = Callable[..., None]
 
+WRITER_THREAD = "wle-writer"
+
 
 class Saver:
     """Owns the snapshot slots and the writer thread."""
@@ -73,7 +75,7 @@ class Saver:
         self._slots: queue.Queue[BufferPool] = queue.Queue()
         for _ in range(max_pending):
             self._slots.put(BufferPool())
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="wle-writer")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD)
         self._lock = threading.Lock()
         self._futures: set[Future[None]] = set()
         self._failures: list[tuple[str, str]] = []
@@ -140,7 +142,13 @@ class Saver:
             return len(self._futures)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait for every submitted write; ``False`` if some are still running at the timeout."""
+        """Wait for every submitted write; ``False`` if some are still running at the timeout.
+
+        Called on the writer thread itself (a ``checkpoint_saved`` handler calling
+        ``system.wait()``), it returns at once: waiting there would wait for itself forever.
+        """
+        if threading.current_thread().name.startswith(WRITER_THREAD):
+            return False
         with self._lock:
             futures = list(self._futures)
         if not futures:
