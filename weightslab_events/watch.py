@@ -9,7 +9,7 @@ Two mechanisms, chosen by what torch offers (see DESIGN.md, "Torch facts"):
   the process; a dict lookup filters them to registered models.
 - At the next step boundary: ``del seq[i]``, ``p.data = t``, ``requires_grad_()``, param-group
   writes, ``add_param_group`` and direct edits of a registered dict fire no hook. A cheap
-  signature (lengths, identities, shapes, flags of cached objects; no tree walk) is compared
+  signature (dict lengths, storage addresses, trainable flags of cached objects; no tree walk) is compared
   before each optimizer step and a full description is made only when it differs.
 
 Param groups are replaced by :class:`TrackedGroup`, a dict that records who wrote each key: a
@@ -20,6 +20,7 @@ user edit. A user's value forks even if a scheduler rewrote the key before the n
 from __future__ import annotations
 
 import copy
+import operator
 import os
 import sys
 import threading
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 Notify = Callable[..., None]
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+_DATA_PTR = torch.Tensor.data_ptr
 
 _SCHEDULER_FILES = tuple(os.path.join("torch", "optim", name) for name in ("lr_scheduler.py", "swa_utils.py"))
 
@@ -220,8 +224,10 @@ class ModelWatch:
         self._paths: dict[int, str] = {}
         self._modules: list[nn.Module] = []
         self._params: list[tuple[str, nn.Parameter]] = []
-        self._signature: list[Any] = []
+        self._signature: tuple[list[Any], ...] = ()
         self._lazy = False
+        self._tensors: list[nn.Parameter] = []
+        self._dicts: list[dict[str, Any]] = []
         self._known_params: dict[str, tuple[Any, torch.dtype, bool]] = {}
         self.refresh()
 
@@ -242,6 +248,8 @@ class ModelWatch:
             if p is not None
         ]
         self._lazy = any(isinstance(p, nn.parameter.UninitializedTensorMixin) for _, p in self._params)
+        self._tensors = [p for _, p in self._params]
+        self._dicts = [d for m in self._modules for d in (m._modules, m._parameters, m._buffers)]
         self._known_params = {path: (_shape(p), p.dtype, p.requires_grad) for path, p in self._params}
         for key in self._paths:
             _WATCHED[key] = self
@@ -258,13 +266,21 @@ class ModelWatch:
     def path_of(self, module: nn.Module) -> str:
         return self._paths.get(id(module), "")
 
-    def _take_signature(self) -> list[Any]:
-        shape = [(id(m._modules), len(m._modules), len(m._parameters), len(m._buffers)) for m in self._modules]
+    def _take_signature(self) -> tuple[list[Any], ...]:
+        """What changes with any structural edit that fires no hook, at C speed per item.
+
+        The lengths of the cached ``_modules``/``_parameters``/``_buffers`` dicts change on
+        ``del`` (``del seq[i]`` removes from the old dict before Sequential replaces it); a
+        parameter's storage address changes on ``p.data = t`` (a new shape or dtype comes with a
+        new storage; in-place updates keep it); ``requires_grad`` changes on freezing. A full
+        description is made only when this differs. Lazy parameters have no storage yet, so
+        their class and shape are compared instead.
+        """
+        sizes = list(map(len, self._dicts))
+        flags = list(map(_REQUIRES_GRAD, self._tensors))
         if self._lazy:
-            shape.extend((type(p), _shape(p), p.dtype, p.requires_grad) for _, p in self._params)
-        else:
-            shape.extend((p.shape, p.dtype, p.requires_grad) for _, p in self._params)
-        return shape
+            return sizes, flags, [(type(p), _shape(p), p.dtype) for p in self._tensors]
+        return sizes, flags, list(map(_DATA_PTR, self._tensors))
 
     def check(self) -> None:
         """Compare the cheap signature with the last one; describe and notify only on change."""
