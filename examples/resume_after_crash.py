@@ -46,7 +46,7 @@ def train(root: str, out: str) -> None:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        time.sleep(0.002)  # stand-in for a data loader, so the kill lands mid-run
+        time.sleep(0.005)  # stand-in for a data loader, so the kill lands mid-run
     system.close()
     torch.save(model.state_dict(), out)
     print(f"child: finished at step {STEPS}", flush=True)

@@ -1,0 +1,45 @@
+"""The examples run as a user runs them, and say what the README says they say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(script: str, tmp_path: Path, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_quickstart_prints_the_experiment_tree(tmp_path):
+    out = run("quickstart.py", tmp_path, "--root", str(tmp_path / "experiments"))
+    tree = out.split("experiment tree:")[1]
+    assert "<- lr 0.1 -> 0.02" in tree
+    assert "<- layer fc1 out_features 128 -> 96; layer fc2 in_features 128 -> 96" in tree
+    assert "<- froze fc1" in tree
+    assert len([line for line in tree.strip().splitlines() if "checkpoints" in line]) == 4
+
+
+def test_custom_handlers_example(tmp_path):
+    out = run("custom_handlers.py", tmp_path, "--root", str(tmp_path / "demo"))
+    assert "new experiment" in out and "after lr 0.01 -> 0.001" in out
+    assert "failed: ZeroDivisionError" in out
+    assert "uploaded 6 checkpoints" in out
+
+
+def test_resume_after_crash_example(tmp_path):
+    out = run("resume_after_crash.py", tmp_path, "--root", str(tmp_path / "crash"))
+    assert "killed the child with SIGKILL" in out
+    starts = [int(line.rsplit(" ", 1)[1]) for line in out.splitlines() if line.startswith("child: starting at step")]
+    assert starts[0] == 0 and 0 < starts[1] < 300, "the restart resumed mid-run"
+    assert "bitwise equal to the uninterrupted run: True" in out
