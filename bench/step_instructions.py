@@ -3,7 +3,11 @@
 Runs the loop of ``bench/step_overhead.py`` (MLP 784-256-10, batch 64, Adam) under valgrind's
 callgrind, plain and instrumented, each with two step counts; the difference between the two
 counts cancels start-up (importing torch, building the model) and leaves instructions per step.
-Instruction counts ignore cache misses, so this complements the timed A/B, it does not replace it.
+Only the training (main) thread is counted (``--separate-threads=yes``): other threads run beside
+it on other cores, and their counts depend on wall time under valgrind (timed waits, OpenMP spin
+loops), which made whole-process totals move by several percent between runs. OpenMP is kept to
+one passive thread for the same reason. Instruction counts ignore cache misses, so this
+complements the timed A/B, it does not replace it.
 
     python bench/step_instructions.py --short 50 --long 150
 """
@@ -47,10 +51,12 @@ def child(mode: str, steps: int) -> None:
 def instructions(mode: str, steps: int) -> int:
     with tempfile.TemporaryDirectory() as out:
         target = os.path.join(out, "cg.out")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
+                "--separate-threads=yes",
                 f"--callgrind-out-file={target}",
                 sys.executable,
                 __file__,
@@ -60,8 +66,9 @@ def instructions(mode: str, steps: int) -> int:
             ],
             check=True,
             capture_output=True,
+            env=env,
         )
-        with open(target) as file:
+        with open(f"{target}-01") as file:  # thread 1: the training thread
             match = re.search(r"^(?:summary|totals): (\d+)", file.read(), re.M)
         assert match, "callgrind wrote no total"
         return int(match.group(1))
