@@ -115,13 +115,18 @@ def register_hyperparams(name: str, params: dict) -> HyperParams:
         raise TypeError(f"register_hyperparams({name!r}, ...) needs a dict, got {type(params).__name__}")
     canonical(params, name)
     LEDGER.register("hyperparams", name, params)
-    return HyperParams(params, lambda key, old, new: _hyperparam_written(name, params, key, old, new))
+    return _live_mapping(name, params)
 
 
-def _hyperparam_written(name: str, params: dict, key: str, old: Any, new: Any) -> None:
-    system = _system
-    if system is not None:
-        system.hyperparams_written(name, params, key, old, new)
+def _live_mapping(name: str, params: dict) -> HyperParams:
+    """A view over ``params`` whose writes the open system announces at once."""
+
+    def written(key: str, old: Any, new: Any) -> None:
+        system = _system
+        if system is not None:
+            system.hyperparams_written(name, params, key, old, new)
+
+    return HyperParams(params, written)
 
 
 def register_scheduler(name: str, scheduler: Any) -> Any:
@@ -161,7 +166,7 @@ def get_scheduler(name: str) -> Any:
 
 def get_hyperparams(name: str) -> HyperParams:
     params = LEDGER.get("hyperparams", name)
-    return HyperParams(params, lambda key, old, new: _hyperparam_written(name, params, key, old, new))
+    return _live_mapping(name, params)
 
 
 # -- edits ----------------------------------------------------------------------------------

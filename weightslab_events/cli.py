@@ -26,6 +26,7 @@ from .events import Event
 from .replay import replay as replay_log
 from .store import Store
 from .tree import Experiment, load_experiments, resolve_hash
+from .wording import cause_in_words
 
 __all__ = ["main"]
 
@@ -179,8 +180,6 @@ def _summary(event: Event) -> str:
     if event.type in ("checkpoint_scheduled", "checkpoint_saved", "checkpoint_failed", "checkpoint_skipped"):
         extra = data.get("error") or data.get("path") or data.get("why") or ""
         return f"{data.get('reason')} {extra}".strip()
-    from .wording import cause_in_words
-
     if event.type in ("hyperparams_changed", "optimizer_param_changed", "layer_edited", "state_changed"):
         source = f" [{data['source']}]" if data.get("source") == "scheduler" else ""
         return cause_in_words(event.type, data) + source

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from .store import Store
-from .wording import settings_of, value_text
+from .wording import settings_changes, value_text
 
 __all__ = ["architecture_of", "config_of", "differences", "hyperparameter_differences", "architecture_differences"]
 
@@ -79,8 +79,7 @@ def _module_words(path: str, old: dict[str, Any], new: dict[str, Any]) -> list[s
     if old.get("type") != new.get("type"):
         return [f"layer {name} {old.get('type', '?').rsplit('.', 1)[-1]} -> {new.get('type', '?').rsplit('.', 1)[-1]}"]
     lines = []
-    before, after = settings_of(old.get("settings")), settings_of(new.get("settings"))
-    changed = [f"{k} {before.get(k)} -> {after.get(k)}" for k in {**before, **after} if before.get(k) != after.get(k)]
+    changed = settings_changes(old.get("settings"), new.get("settings"))
     if changed:
         lines.append(f"layer {name} " + ", ".join(changed))
     old_params, new_params = old.get("params", {}), new.get("params", {})

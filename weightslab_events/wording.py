@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cause_in_words", "settings_of", "value_text"]
+__all__ = ["cause_in_words", "settings_changes", "settings_of", "value_text"]
 
 _SETTING = re.compile(r"(\w+)=((?:\([^)]*\))|[^,]+)")
 
@@ -24,6 +24,16 @@ def settings_of(text: str | None) -> dict[str, str]:
     return {key: value.strip() for key, value in _SETTING.findall(text or "")}
 
 
+def settings_changes(old: str | None, new: str | None) -> list[str]:
+    """``["out_features 128 -> 96"]``: each constructor setting that differs between two ``extra_repr`` texts."""
+    before, after = settings_of(old), settings_of(new)
+    return [
+        f"{key} {before.get(key)} -> {after.get(key)}"
+        for key in list(before) + [k for k in after if k not in before]
+        if before.get(key) != after.get(key)
+    ]
+
+
 def _module_paths(paths: Any) -> str:
     modules = []
     for path in paths or []:
@@ -39,12 +49,7 @@ def _layer_words(data: Mapping[str, Any]) -> str:
         if "settings" in old and "settings" in new:
             if old.get("type") != new.get("type"):
                 return f"layer {path} {old.get('type')} -> {new.get('type')}"
-            before, after = settings_of(old["settings"]), settings_of(new["settings"])
-            changed = [
-                f"{key} {before.get(key)} -> {after.get(key)}"
-                for key in list(before) + [k for k in after if k not in before]
-                if before.get(key) != after.get(key)
-            ]
+            changed = settings_changes(old["settings"], new["settings"])
             return f"layer {path} " + (", ".join(changed) or "replaced")
         if "shape" in old and "shape" in new:
             return f"parameter {path} {value_text(old['shape'])} -> {value_text(new['shape'])}"
