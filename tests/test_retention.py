@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 from conftest import manifest_steps, train
+from weightslab_events.handlers.retention import protected
 
 import weightslab_events as wle
-from handlers.retention import protected
 
 
 def kept_steps(system) -> list[int]:

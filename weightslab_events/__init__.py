@@ -7,8 +7,6 @@ directory, and checkpointed in the background.
 
 from __future__ import annotations
 
-from handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy
-
 from . import signals
 from .api import (
     current_system,
@@ -39,6 +37,7 @@ from .errors import (
     NotDescribableError,
 )
 from .events import Event
+from .handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy
 from .hyperparams import HyperParams
 from .replay import ReplayResult, read_events, replay
 from .system import CheckpointSystem
@@ -82,3 +81,8 @@ __all__ = [
     "unfreeze",
     "unregister",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public API only: no ``annotations`` from the future import, no submodules."""
+    return sorted([*__all__, "__version__"])

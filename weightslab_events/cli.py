@@ -264,7 +264,7 @@ def verify(root: str) -> None:
 @user_errors
 def gc(root: str, keep_last: int | None, every: int | None, best: str | None, best_n: int, dry_run: bool) -> None:
     """Delete checkpoints a retention policy does not keep (never the newest or fork ones)."""
-    from handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy, plan_deletions
+    from .handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy, plan_deletions
 
     policies: list[RetentionPolicy] = []
     if keep_last:

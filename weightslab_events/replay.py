@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.checkpointing import CheckpointingHandler
-from handlers.hashing import HashingHandler
-
 from .bus import Bus
 from .eventlog import read_events
 from .events import Event
+from .handlers.checkpointing import CheckpointingHandler
+from .handlers.hashing import HashingHandler
 from .signals import ALL
 
 __all__ = ["OUTPUT_TYPES", "ReplayResult", "read_events", "replay"]

@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from handlers import CheckpointingHandler, Decision, EventLogHandler, HashingHandler, RetentionHandler, RetentionPolicy
-
 from .bus import Bus
 from .errors import CheckpointError
 from .fingerprint import canonical, describe_scheduler
+from .handlers import CheckpointingHandler, Decision, EventLogHandler, HashingHandler, RetentionHandler, RetentionPolicy
 from .ledger import LEDGER, Entry, Ledger
 from .restore import restore_stateful, state_of_stateful
 from .resuming import Resuming
@@ -77,7 +76,8 @@ class CheckpointSystem(Resuming):
       (forks, resets and the final checkpoint are still saved).
     - ``max_pending``: snapshots held in memory at once (each about the size of the state).
     - ``when_busy``: ``"block"`` (default) or ``"skip"`` a periodic save when all are pending.
-    - ``retention``: a :class:`~handlers.retention.RetentionPolicy`, e.g. ``LatestN(3) | BestN(1, "loss")``.
+    - ``retention``: a :class:`~weightslab_events.handlers.retention.RetentionPolicy`, e.g.
+      ``LatestN(3) | BestN(1, "loss")``.
     - ``resume``: restore the newest good checkpoint as soon as the registered objects match a
       stored experiment (restart after a crash with no code change).
     - ``step_optimizer``: the registered name of the optimizer whose steps count (default: the
