@@ -35,6 +35,8 @@ from .errors import (
     CheckpointNotFoundError,
     InvalidNameError,
     NotDescribableError,
+    SystemOptionsError,
+    UnsaveableStateError,
 )
 from .events import Event
 from .handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy
@@ -58,6 +60,8 @@ __all__ = [
     "NotDescribableError",
     "ReplayResult",
     "RetentionPolicy",
+    "SystemOptionsError",
+    "UnsaveableStateError",
     "current_system",
     "data_changed",
     "drain",

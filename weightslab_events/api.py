@@ -11,10 +11,12 @@ connected to the current system's bus and to every system created later, until c
 
 from __future__ import annotations
 
+import inspect
+import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import torch
@@ -22,11 +24,18 @@ from blinker import ANY, Signal
 from torch import nn
 
 from .bus import Subscription
+from .errors import SystemOptionsError
 from .fingerprint import canonical, describe_scheduler
 from .hyperparams import HyperParams
 from .ledger import LEDGER
+from .restore import state_of_stateful
 from .system import CheckpointSystem
 from .watch import watch_for
+
+if TYPE_CHECKING:
+    from .handlers.retention import RetentionPolicy
+
+    from .store import FileSystem
 
 __all__ = [
     "current_system",
@@ -52,29 +61,84 @@ __all__ = [
 
 _lock = threading.RLock()
 _system: CheckpointSystem | None = None
+_options: dict[str, Any] = {}
 _subscriptions: list[UserSubscription] = []
 
 
-def get_checkpoint_system(root_log_dir: str | None = None, **options: Any) -> CheckpointSystem:
+def get_checkpoint_system(
+    root_log_dir: str | os.PathLike[str] = "./experiments",
+    checkpoint_frequency: int | None = 100,
+    *,
+    max_pending: int = 1,
+    when_busy: str = "block",
+    retention: RetentionPolicy | None = None,
+    resume: bool = False,
+    step_optimizer: str | None = None,
+    strict_handlers: bool = False,
+    close_timeout: float = 60.0,
+    file_system: FileSystem | None = None,
+) -> CheckpointSystem:
     """The process's checkpoint system, created with these options on the first call.
 
-    Calling it again with options while a system is open is an error rather than a silent
-    no-op, since the caller would believe the new options apply.
+    The options are those of :class:`CheckpointSystem`. While a system is open, a call with no
+    arguments returns it, and so does a call with the same options (a notebook cell run again).
+    A call with other options raises :class:`SystemOptionsError` naming each option that differs:
+    silently returning the open system would let the caller believe the new options apply.
     """
-    global _system
+    global _system, _options
+    options: dict[str, Any] = {
+        "root_log_dir": _absolute(root_log_dir),
+        "checkpoint_frequency": checkpoint_frequency,
+        "max_pending": max_pending,
+        "when_busy": when_busy,
+        "retention": retention,
+        "resume": resume,
+        "step_optimizer": step_optimizer,
+        "strict_handlers": strict_handlers,
+        "close_timeout": close_timeout,
+        "file_system": file_system,
+    }
     with _lock:
         if _system is not None:
-            if root_log_dir is not None and str(_system.root) != str(root_log_dir) or options:
-                raise RuntimeError(
-                    f"a checkpoint system is already open at {_system.root}; close() it before "
-                    "creating one with other options"
+            differ = [
+                f"{name} (open: {_options[name]!r}, asked: {value!r})"
+                for name, value in options.items()
+                if not _same_option(value, _options[name])
+            ]
+            if differ and options != _DEFAULT_OPTIONS:
+                raise SystemOptionsError(
+                    f"a checkpoint system is already open at {_system.root} with other options: "
+                    f"{'; '.join(differ)}. close() it before creating one with other options"
                 )
             return _system
-        system = CheckpointSystem(root_log_dir or "./experiments", **options)
-        _system = system
+        system = CheckpointSystem(**options)
+        _system, _options = system, options
         for subscription in list(_subscriptions):
             subscription.attach(system)
         return system
+
+
+def _same_option(a: Any, b: Any) -> bool:
+    """Equal, or of one class with equal attributes (a retention policy built again is the same)."""
+    if a is b or a == b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_option(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "__dict__"):
+        return vars(a).keys() == vars(b).keys() and all(_same_option(v, vars(b)[k]) for k, v in vars(a).items())
+    return False
+
+
+def _absolute(root: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
+
+
+_DEFAULT_OPTIONS: dict[str, Any] = {
+    name: _absolute(parameter.default) if name == "root_log_dir" else parameter.default
+    for name, parameter in inspect.signature(get_checkpoint_system).parameters.items()
+}
 
 
 def current_system() -> CheckpointSystem | None:
@@ -138,12 +202,17 @@ def register_scheduler(name: str, scheduler: Any) -> Any:
 
 
 def register_stateful(name: str, obj: Any) -> Any:
-    """Register anything with ``state_dict``/``load_state_dict`` (or a ``torch.Generator``)."""
+    """Register anything with ``state_dict``/``load_state_dict`` (or a ``torch.Generator``).
+
+    Its state is read once now: a state that a checkpoint could not load back raises
+    :class:`UnsaveableStateError` here, not at resume time.
+    """
     if not isinstance(obj, torch.Generator) and not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
         raise TypeError(
             f"register_stateful({name!r}, ...) needs state_dict() and load_state_dict() or a torch.Generator; "
             f"{type(obj).__name__} has neither"
         )
+    state_of_stateful(obj, repr(name))
     LEDGER.register("stateful", name, obj)
     return obj
 

@@ -8,6 +8,8 @@ __all__ = [
     "CheckpointNotFoundError",
     "InvalidNameError",
     "NotDescribableError",
+    "SystemOptionsError",
+    "UnsaveableStateError",
 ]
 
 
@@ -37,3 +39,11 @@ class InvalidNameError(ValueError):
 
 class NotDescribableError(TypeError):
     """A value cannot be described deterministically, so it cannot take part in the hash."""
+
+
+class SystemOptionsError(RuntimeError):
+    """``get_checkpoint_system`` was called with options other than those of the open system."""
+
+
+class UnsaveableStateError(TypeError):
+    """A state holds a value that a checkpoint could store but never load back (``weights_only``)."""

@@ -37,6 +37,8 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
         return [jsonable(v) for v in items]
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return jsonable(value.item())  # a NumPy scalar: the Python number it equals
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     if shape is not None and dtype is not None:

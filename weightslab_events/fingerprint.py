@@ -21,12 +21,14 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from .callables import describe_callable
 from .errors import NotDescribableError
 
 __all__ = [
@@ -37,7 +39,9 @@ __all__ = [
     "describe_optimizer",
     "describe_scheduler",
     "experiment_hash",
+    "from_canonical",
     "group_config",
+    "plain_number",
 ]
 
 HASH_LENGTH = 16
@@ -55,36 +59,160 @@ _SCHEDULER_PROGRESS_KEYS = frozenset(
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 
 
+#: How deep a described value may nest; deeper is an error naming the key, not a RecursionError.
+MAX_DEPTH = 100
+
+#: Tag keys of the canonical form. A user key starting with ``!`` is escaped with one more ``!``,
+#: so a tag never collides with a user's key.
+TAGS = ("!float", "!map", "!array", "!callable")
+
+
 def canonical(value: Any, key: str = "value") -> Any:
-    """``value`` as deterministic JSON data; ``key`` names it in the error when that fails."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
+    """``value`` as deterministic JSON data; ``key`` names it in the error when that fails.
+
+    Types are kept, so distinct values never collide: ``1`` and ``"1"`` as keys, ``inf`` and
+    ``"inf"``, ``1`` and ``1.0`` all differ. NumPy scalars describe as the equal Python number
+    (``np.float64(0.1)`` hashes like ``0.1``); arrays and multi-element tensors by dtype, shape
+    and a digest of their contents; callables by what they compute (see :mod:`.callables`).
+    """
+    return _Describer().describe(value, key, 0)
+
+
+class _Describer:
+    """One walk over a value: tracks depth and the containers and callables being described."""
+
+    def __init__(self) -> None:
+        self._active: set[int] = set()
+
+    def describe(self, value: Any, key: str, depth: int) -> Any:
+        if value is None or type(value) in (bool, int, str):
             return value
-        return repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): canonical(v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [canonical(v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, (set, frozenset)):
-        return sorted((canonical(v, key) for v in value), key=repr)
-    if isinstance(value, torch.Tensor):
-        if value.numel() == 1:
-            return canonical(value.item(), key)
-        return {"tensor": list(value.shape), "dtype": str(value.dtype)}
-    if isinstance(value, (torch.dtype, torch.device)):
-        return str(value)
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
-    text = repr(value)
-    if _ADDRESS.search(text):
-        raise NotDescribableError(
-            f"hyperparameter {key!r} holds {type(value).__name__} whose text has a memory "
-            f"address ({text}); it would give a different experiment hash in every process. "
-            "Register a plain value (number, string, list, dict) instead."
-        )
-    return text
+        if type(value) is float:
+            return value if math.isfinite(value) else {"!float": repr(value)}
+        if depth > MAX_DEPTH:
+            raise NotDescribableError(
+                f"{_short(key)!r} is nested more than {MAX_DEPTH} levels deep; "
+                "register a flatter value (a deeply nested or self-referencing structure cannot be hashed)"
+            )
+        number = plain_number(value)
+        if number is not None:
+            return self.describe(number, key, depth)
+        if id(value) in self._active:
+            if callable(value):
+                return {"!callable": {"recursive": getattr(value, "__qualname__", type(value).__qualname__)}}
+            raise NotDescribableError(f"{_short(key)!r} contains itself; register a value without cycles")
+        self._active.add(id(value))
+        try:
+            return self._describe_compound(value, key, depth + 1)
+        finally:
+            self._active.discard(id(value))
+
+    def _describe_compound(self, value: Any, key: str, depth: int) -> Any:
+        if isinstance(value, Mapping):
+            return self._describe_mapping(value, key, depth)
+        if isinstance(value, (list, tuple)):
+            return [self.describe(v, f"{key}[{i}]", depth) for i, v in enumerate(value)]
+        if isinstance(value, (set, frozenset)):
+            return sorted((self.describe(v, key, depth) for v in value), key=canonical_json)
+        if isinstance(value, torch.Tensor):
+            if value.numel() == 1 and not value.is_meta:
+                return self.describe(value.item(), key, depth)
+            return {"!array": tensor_digest(value)}
+        if _is_numpy_array(value):
+            return {"!array": array_digest(value)}
+        if isinstance(value, (torch.dtype, torch.device)):
+            return str(value)
+        if isinstance(value, nn.Module):
+            return repr(value)
+        if callable(value):
+            return {"!callable": describe_callable(value, key, lambda v, k: self.describe(v, k, depth))}
+        text = repr(value)
+        if _ADDRESS.search(text):
+            raise NotDescribableError(
+                f"hyperparameter {key!r} holds {type(value).__name__} whose text has a memory "
+                f"address ({text}); it would give a different experiment hash in every process. "
+                "Register a plain value (number, string, list, dict) instead."
+            )
+        return text
+
+    def _describe_mapping(self, value: Mapping, key: str, depth: int) -> Any:
+        items = list(value.items())
+        if all(type(k) is str for k, _ in items):
+            return {_escape(k): self.describe(v, f"{key}.{k}", depth) for k, v in items}
+        pairs = [[self.describe(k, key, depth), self.describe(v, f"{key}.{k}", depth)] for k, v in items]
+        return {"!map": sorted(pairs, key=lambda pair: canonical_json(pair[0]))}
+
+
+def _escape(key: str) -> str:
+    return f"!{key}" if key.startswith("!") else key
+
+
+def _unescape(key: str) -> str:
+    return key[1:] if key.startswith("!!") else key
+
+
+def _short(key: str) -> str:
+    return key if len(key) <= 80 else f"{key[:38]}...{key[-38:]}"
+
+
+def plain_number(value: Any) -> bool | int | float | complex | None:
+    """A NumPy scalar as the equal Python number (``np.float32(0.5)`` -> ``0.5``), else ``None``.
+
+    ``np.float64`` subclasses ``float``, and ``np.bool_`` / ``np.int64`` do not subclass
+    anything built in; both kinds are normalised so that YAML and JSON can write them and they
+    hash like the Python number they equal.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufc":
+        return value.item()
+    if isinstance(value, float) and type(value) is not float:
+        return float(value)
+    if isinstance(value, int) and type(value) not in (int, bool):
+        return int(value)
+    return None
+
+
+def _is_numpy_array(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
+
+
+def tensor_digest(tensor: torch.Tensor) -> dict[str, Any]:
+    """A tensor's dtype, shape and SHA-256 (16 hex characters) of its contents."""
+    spec: dict[str, Any] = {"dtype": str(tensor.dtype), "shape": list(tensor.shape)}
+    if tensor.is_meta or isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+        return spec
+    data = tensor.detach().to("cpu").contiguous().reshape(-1)
+    spec["sha256"] = hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+    return spec
+
+
+def array_digest(array: Any) -> dict[str, Any]:
+    """A NumPy array's dtype, shape and SHA-256 (16 hex characters) of its contents."""
+    if array.dtype.hasobject:
+        raise NotDescribableError(f"an array of Python objects ({array.dtype}) cannot be described deterministically")
+    data = array.tobytes(order="C")
+    return {"dtype": str(array.dtype), "shape": list(array.shape), "sha256": hashlib.sha256(data).hexdigest()[:16]}
+
+
+def from_canonical(value: Any) -> Any:
+    """Undo the reversible parts of :func:`canonical` (tagged floats, non-string keys, escapes).
+
+    Arrays and callables stay as their descriptions: a digest cannot be turned back into data.
+    """
+    if isinstance(value, list):
+        return [from_canonical(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"!float"}:
+        return float(value["!float"])
+    if set(value) == {"!map"}:
+        return {_hashable(from_canonical(k)): from_canonical(v) for k, v in value["!map"]}
+    return {_unescape(k): from_canonical(v) for k, v in value.items()}
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
 
 def canonical_json(value: Any) -> str:
@@ -164,13 +292,24 @@ def describe_optimizer(
 
 
 def describe_scheduler(scheduler: Any) -> dict[str, Any]:
-    """The scheduler class and its settings; its progress is left out."""
+    """The scheduler class and its settings; its progress is left out.
+
+    Functions a scheduler holds (``LambdaLR``'s ``lr_lambdas``, a ``CyclicLR`` ``scale_fn``)
+    are not in its ``state_dict()``, so they are read from the object and described by what they
+    compute: two warmup lambdas with other constants are two experiments.
+    """
     state = scheduler.state_dict() if hasattr(scheduler, "state_dict") else {}
     settings = {
         k: v
         for k, v in state.items()
         if not k.startswith("_") and k not in _SCHEDULER_PROGRESS_KEYS and k != "optimizer"
     }
+    for attribute, value in vars(scheduler).items():
+        if attribute.startswith("_") or attribute == "optimizer":
+            continue
+        functions = value if isinstance(value, (list, tuple)) else [value]
+        if functions and all(callable(f) and not isinstance(f, (torch.optim.Optimizer, type)) for f in functions):
+            settings[attribute] = value
     return {"kind": "scheduler", "type": _type_name(scheduler), "settings": canonical(settings, "scheduler")}
 
 

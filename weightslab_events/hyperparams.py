@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["HyperParams", "diff_paths"]
+from .fingerprint import canonical
+
+T = TypeVar("T")
+
+#: How often a read of a dict that another thread is editing is retried before giving up.
+READ_ATTEMPTS = 20
+
+__all__ = ["HyperParams", "diff_paths", "read_consistently", "same_value"]
 
 OnChange = Callable[[str, Any, Any], None]
 _MISSING = object()
@@ -39,7 +46,7 @@ class HyperParams(MutableMapping):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         old = self._data.get(key, _MISSING)
-        if old is not _MISSING and type(old) is type(value) and old == value:
+        if old is not _MISSING and same_value(old, value):
             return
         self._data[key] = value
         self._on_change(self._key_path(key), None if old is _MISSING else old, value)
@@ -82,6 +89,42 @@ def diff_paths(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]
             sub = f"{path}.{key}" if path else str(key)
             found.extend(diff_paths(old.get(key), new.get(key), sub))
         return found
-    if type(old) is type(new) and old == new:
+    if same_value(old, new):
         return []
     return [(path, old, new)]
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two hyperparameter values are the same, of the same type; never raises.
+
+    ``==`` on arrays and multi-element tensors returns an array whose truth value raises, so
+    those (and anything else whose comparison fails) are compared by their canonical
+    description: dtype, shape and a digest of the contents.
+    """
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:
+        try:
+            return canonical(a) == canonical(b)
+        except Exception:
+            return False
+
+
+def read_consistently(read: Callable[[], T]) -> T:
+    """Run ``read`` over a user's dict that another thread may be editing, retrying if it changed.
+
+    Iterating a dict while another thread adds a key raises ``RuntimeError: dictionary changed
+    size during iteration``. Edits from any thread are allowed, so the read is simply made again
+    (the GIL makes each attempt see the dict between two edits, never halfway through one).
+    """
+    for _attempt in range(READ_ATTEMPTS - 1):
+        try:
+            return read()
+        except RuntimeError as error:
+            if "during iteration" not in str(error) and "mutated" not in str(error):
+                raise
+    return read()

@@ -7,15 +7,23 @@ was and the error lists every difference, not just the first one torch trips ove
 from __future__ import annotations
 
 import copy
+import sys
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import ArchitectureMismatchError
+from .errors import ArchitectureMismatchError, UnsaveableStateError
+from .snapshot import LOADABLE_LEAVES
 
-__all__ = ["architecture_differences", "check_architecture", "restore_stateful", "state_of_stateful"]
+__all__ = [
+    "architecture_differences",
+    "check_architecture",
+    "restore_stateful",
+    "state_of_stateful",
+]
 
 
 def architecture_differences(name: str, model: nn.Module, saved: Mapping[str, torch.Tensor]) -> list[str]:
@@ -50,12 +58,38 @@ def check_architecture(models: Mapping[str, nn.Module], saved: Mapping[str, Any]
         )
 
 
-def state_of_stateful(obj: Any) -> Any:
-    """The saveable state of a registered stateful object (a ``torch.Generator`` included)."""
+#: Leaf types that ``torch.load(weights_only=True)`` reads back.
+_LOADABLE_LEAVES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.Tensor,
+    torch.dtype,
+    torch.device,
+    torch.Size,
+)
+
+#: The key that marks an encoded NumPy value in a saved state.
+NUMPY_MARK = "__weightslab_numpy__"
+
+
+def state_of_stateful(obj: Any, name: str = "stateful") -> Any:
+    """The saveable state of a registered stateful object (a ``torch.Generator`` included).
+
+    NumPy arrays and scalars (a ``RandomState`` state, a sampler's permutation) are encoded as
+    tensors of their bytes with their dtype and shape, and decoded again by
+    :func:`restore_stateful`, so they round-trip exactly. Anything else that a checkpoint loaded
+    with ``weights_only=True`` could not read raises :class:`UnsaveableStateError` naming where
+    it is: a saved file that can never be resumed is worse than a clear error now.
+    """
     if isinstance(obj, torch.Generator):
         return obj.get_state()
     if hasattr(obj, "state_dict"):
-        return obj.state_dict()
+        return _encode(obj.state_dict(), f"{name}.state_dict()", 0)
     raise TypeError(
         f"stateful object {type(obj).__name__} has no state_dict()/load_state_dict(); "
         "register an object that has both, or a torch.Generator"
@@ -66,4 +100,52 @@ def restore_stateful(obj: Any, state: Any) -> None:
     if isinstance(obj, torch.Generator):
         obj.set_state(state)
     else:
-        obj.load_state_dict(copy.deepcopy(state))
+        obj.load_state_dict(_decode(copy.deepcopy(state)))
+
+
+def _encode(value: Any, where: str, depth: int) -> Any:
+    if depth > 100:
+        raise UnsaveableStateError(f"{where} is nested more than 100 levels deep")
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise UnsaveableStateError(f"{where} has a key of type {type(key).__name__}: {key!r}")
+        mapping = OrderedDict if isinstance(value, OrderedDict) else dict
+        return mapping((k, _encode(v, f"{where}[{k!r}]", depth + 1)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        items = [_encode(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        return _encode_numpy(value, where)
+    if isinstance(value, LOADABLE_LEAVES):
+        return value
+    raise UnsaveableStateError(
+        f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which a checkpoint "
+        "could store but not load back (checkpoints load with weights_only=True); return plain "
+        "numbers, strings, lists, dicts, tensors or NumPy arrays from state_dict()"
+    )
+
+
+def _encode_numpy(value: Any, where: str) -> dict[str, Any]:
+    if value.dtype.hasobject:
+        raise UnsaveableStateError(f"{where} is a NumPy array of Python objects ({value.dtype}), which cannot be saved")
+    array = value if value.ndim else value.reshape(1)
+    data = torch.frombuffer(bytearray(array.tobytes(order="C")), dtype=torch.uint8)
+    shape = list(value.shape) if isinstance(value, sys.modules["numpy"].ndarray) else None
+    return {NUMPY_MARK: value.dtype.str, "shape": shape, "bytes": data}
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if NUMPY_MARK in value and set(value) == {NUMPY_MARK, "shape", "bytes"}:
+            import numpy
+
+            flat = numpy.frombuffer(value["bytes"].numpy().tobytes(), dtype=numpy.dtype(value[NUMPY_MARK]))
+            return flat[0] if value["shape"] is None else flat.reshape(value["shape"]).copy()
+        return type(value)((k, _decode(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, tuple) and not isinstance(value, torch.Size):
+        return tuple(_decode(v) for v in value)
+    return value

@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointNotFoundError
-from .fingerprint import canonical
+from .fingerprint import canonical, from_canonical
 from .restore import check_architecture, restore_stateful
 from .snapshot import restore_rng
 from .store import Fault
@@ -108,7 +108,7 @@ class Resuming:
                 saved = payload.get("hyperparams", {}).get(name)
                 if saved is not None and canonical(watch.data, name) != saved:
                     watch.data.clear()
-                    watch.data.update(copy.deepcopy(saved))
+                    watch.data.update(from_canonical(saved))
             for name, counts in payload.get("reset_counts", {}).items():
                 watch = self._models.get(name)
                 if watch is not None:

@@ -10,11 +10,20 @@ new page), and only tensors whose shape or dtype changed get new buffers.
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any
 
 import torch
 
-__all__ = ["BufferPool", "capture_rng", "copy_state", "restore_rng"]
+from .errors import UnsaveableStateError
+
+__all__ = [
+    "LOADABLE_LEAVES",
+    "BufferPool",
+    "capture_rng",
+    "copy_state",
+    "restore_rng",
+]
 
 Path = tuple[Any, ...]
 
@@ -45,17 +54,48 @@ class BufferPool:
         self._used.clear()
 
 
+#: Leaf types that ``torch.load(weights_only=True)`` reads back.
+LOADABLE_LEAVES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.Tensor,
+    torch.dtype,
+    torch.device,
+    torch.Size,
+)
+
+
 def copy_state(value: Any, pool: BufferPool, path: Path = ()) -> Any:
-    """A deep copy of ``value`` in which every tensor lives in ``pool``'s buffers."""
+    """A deep copy of ``value`` in which every tensor lives in ``pool``'s buffers.
+
+    NumPy scalars (an lr drawn with ``np.logspace``) become the Python number they equal, since
+    a checkpoint loads with ``weights_only=True``, which refuses them. Any other value it would
+    refuse raises :class:`UnsaveableStateError` naming its place: the capture fails loudly
+    instead of writing a file that can never be resumed.
+    """
     if isinstance(value, torch.Tensor):
         return pool.copy(path, value)
     if isinstance(value, dict):
         return {k: copy_state(v, pool, (*path, k)) for k, v in value.items()}
     if isinstance(value, list):
         return [copy_state(v, pool, (*path, i)) for i, v in enumerate(value)]
-    if isinstance(value, tuple):
+    if isinstance(value, tuple) and not isinstance(value, torch.Size):
         return tuple(copy_state(v, pool, (*path, i)) for i, v in enumerate(value))
-    return value
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufc":
+        return value.item()
+    if type(value) in (float, int) or isinstance(value, LOADABLE_LEAVES):
+        return value
+    place = "".join(f"[{p!r}]" for p in path)
+    raise UnsaveableStateError(
+        f"state{place} holds a {type(value).__module__}.{type(value).__qualname__}, which a checkpoint "
+        "could store but not load back (checkpoints load with weights_only=True)"
+    )
 
 
 def capture_rng() -> dict[str, Any]:

@@ -18,8 +18,10 @@ Threads and consistency, the policy in one place:
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +34,7 @@ from .bus import Bus
 from .errors import CheckpointError
 from .fingerprint import canonical, describe_scheduler
 from .handlers import CheckpointingHandler, Decision, EventLogHandler, HashingHandler, RetentionHandler, RetentionPolicy
+from .hyperparams import read_consistently
 from .ledger import LEDGER, Entry, Ledger
 from .restore import restore_stateful, state_of_stateful
 from .resuming import Resuming
@@ -48,11 +51,20 @@ PAYLOAD_FORMAT_VERSION = 1
 
 
 def describe_hyperparams(name: str, data: dict) -> dict[str, Any]:
-    return {"kind": "hyperparams", "values": canonical(data, name)}
+    """The hash's description of a registered dict (read safely while other threads edit it)."""
+    return {"kind": "hyperparams", "values": read_consistently(lambda: canonical(data, name))}
+
+
+_warned_architectures: set[type] = set()
 
 
 def _meta_copy(model: nn.Module) -> nn.Module | None:
-    """The model's structure with every tensor on the meta device: no weights, cheap to copy."""
+    """The model's structure with every tensor on the meta device: no weights, cheap to copy.
+
+    The pickled architecture is a convenience, not part of the checkpoint: a model that cannot
+    be pickled (a class defined inside a function) gets a warning once per class and its
+    checkpoints are saved without it.
+    """
     memo: dict[int, Any] = {}
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
@@ -60,10 +72,20 @@ def _meta_copy(model: nn.Module) -> nn.Module | None:
         meta = torch.empty_like(tensor, device="meta")
         memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
     try:
-        return copy.deepcopy(model, memo)
+        meta = copy.deepcopy(model, memo)
+        torch.save(meta, io.BytesIO())
     except Exception as error:
-        log.warning("could not copy the architecture of %s: %s", type(model).__name__, error)
+        if type(model) not in _warned_architectures:
+            _warned_architectures.add(type(model))
+            log.warning(
+                "the architecture of %s cannot be pickled (%s: %s); its checkpoints are saved without "
+                "the architecture pickle (define the class at module level to keep it)",
+                type(model).__qualname__,
+                type(error).__name__,
+                error,
+            )
         return None
+    return meta
 
 
 class CheckpointSystem(Resuming):
@@ -102,9 +124,14 @@ class CheckpointSystem(Resuming):
         file_system: FileSystem | None = None,
         ledger: Ledger = LEDGER,
     ) -> None:
-        if checkpoint_frequency is not None and (not isinstance(checkpoint_frequency, int) or checkpoint_frequency < 1):
+        if checkpoint_frequency is not None and (
+            isinstance(checkpoint_frequency, bool)
+            or not isinstance(checkpoint_frequency, int)
+            or checkpoint_frequency < 1
+        ):
             raise ValueError(f"checkpoint_frequency must be a positive integer or None, got {checkpoint_frequency!r}")
-        self.store = Store(root_log_dir, file_system)
+        # Resolved now: a later os.chdir() must not split the checkpoints over two trees.
+        self.store = Store(os.path.abspath(os.path.expanduser(root_log_dir)), file_system)
         stale = self.store.open()
         self.bus = Bus(strict=strict_handlers)
         self.ledger = ledger
@@ -307,7 +334,7 @@ class CheckpointSystem(Resuming):
                         n: copy_state(w.optimizer.state_dict(), pool, ("o", n)) for n, w in self._optimizers.items()
                     },
                     "statefuls": {
-                        e.name: copy_state(state_of_stateful(e.obj), pool, ("s", e.name))
+                        e.name: copy_state(state_of_stateful(e.obj, e.name), pool, ("s", e.name))
                         for e in self.ledger.entries("stateful")
                     },
                     "rng": capture_rng(),
@@ -342,11 +369,13 @@ class CheckpointSystem(Resuming):
             live_groups = watch.optimizer.param_groups[: len(saved_groups)]
             for saved, live in zip(saved_groups, live_groups, strict=True):
                 saved.update(copy_state({k: v for k, v in live.items() if k != "params"}, pool, ("g", name)))
-        payload["optimizer_config"] = {n: copy.deepcopy(w.configured) for n, w in self._optimizers.items()}
+        payload["optimizer_config"] = {n: copy_state(w.configured, pool, ("f", n)) for n, w in self._optimizers.items()}
         payload["schedulers"] = {
             e.name: copy_state(e.obj.state_dict(), pool, ("c", e.name)) for e in self.ledger.entries("scheduler")
         }
-        payload["hyperparams"] = {n: canonical(w.data, n) for n, w in self._hyperparams.items()}
+        payload["hyperparams"] = {
+            n: read_consistently(lambda w=w, n=n: canonical(w.data, n)) for n, w in self._hyperparams.items()
+        }
         payload["reset_counts"] = {
             n: {w.path_of(m): c for m, c in w.reset_counts.items() if w.contains(m)} for n, w in self._models.items()
         }
@@ -359,7 +388,8 @@ class CheckpointSystem(Resuming):
             "cause": "; ".join(c for c in decision.causes if c) or None,
             "config": {k: v for k, v in components.items() if not k.startswith("model:")},
             "description": {k: v for k, v in components.items() if k.startswith("model:")},
-            "architecture": {n: _meta_copy(w.model) for n, w in self._models.items()},
+            "architecture": {n: meta for n, w in self._models.items() if (meta := _meta_copy(w.model)) is not None}
+            or None,
             "architecture_text": "\n\n".join(f"# {n}\n{w.model}" for n, w in self._models.items()),
         }
 

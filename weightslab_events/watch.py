@@ -20,6 +20,7 @@ user edit. A user's value forks even if a scheduler rewrote the key before the n
 from __future__ import annotations
 
 import copy
+import logging
 import operator
 import os
 import sys
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from .fingerprint import describe_model, describe_optimizer, group_config
-from .hyperparams import diff_paths
+from .hyperparams import diff_paths, read_consistently, same_value
 
 __all__ = [
     "HyperparamWatch",
@@ -44,6 +45,18 @@ __all__ = [
 ]
 
 Notify = Callable[..., None]
+
+log = logging.getLogger("weightslab_events")
+_warned: set[Any] = set()
+
+
+def _warn_once(key: Any, message: str) -> None:
+    """Log ``message`` once per ``key`` for the process: a repeated warning is noise."""
+    if key in _warned:
+        return
+    _warned.add(key)
+    log.warning(message)
+
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 _DATA_PTR = torch.Tensor.data_ptr
@@ -128,13 +141,13 @@ class OptimizerWatch:
             if source == "user":
                 old = self.configured[index].get(key)
                 self._seen[index][key] = group.get(key)
-                if key not in self.configured[index] or old != value:
+                if key not in self.configured[index] or not same_value(old, value):
                     self.configured[index][key] = copy.deepcopy(value)
                     self._notify_change(index, key, old, value, "user")
                 continue
             new = group.get(key)
             old = self._seen[index].get(key)
-            if old != new:
+            if not same_value(old, new):
                 self._seen[index][key] = new
                 self._notify_change(index, key, old, new, "scheduler")
 
@@ -145,7 +158,7 @@ class OptimizerWatch:
         for index, values in enumerate(self.configured):
             before = previous[index] if index < len(previous) else {}
             for key in sorted(set(values) | set(before)):
-                if before.get(key) != values.get(key):
+                if not same_value(before.get(key), values.get(key)):
                     self._notify_change(index, key, before.get(key), values.get(key), "user")
             if index >= len(previous):
                 self._notify_change(index, "params", None, len(groups[index]["params"]), "user")
@@ -168,7 +181,11 @@ class HyperparamWatch:
     """Finds direct edits of a registered dict by comparing with a deep copy at each boundary.
 
     ``dict.__eq__`` compares nested values in C, so the check costs well under a microsecond for
-    a typical config; the deep copy is made only when something changed.
+    a typical config; the deep copy is made only when something changed. Values whose ``==``
+    cannot give one answer (arrays, tensors) are compared by content digest instead. Another
+    thread may edit the dict meanwhile: each read is retried until it sees the dict between two
+    edits, and a check that still cannot read it waits for the next boundary. Nothing raises
+    into training.
     """
 
     def __init__(self, name: str, data: dict, notify: Notify, describe: Callable[[], Any]) -> None:
@@ -176,20 +193,25 @@ class HyperparamWatch:
         self.data = data
         self._notify = notify
         self._describe = describe
-        self._last = copy.deepcopy(data)
+        self._last = read_consistently(lambda: copy.deepcopy(data))
 
     def describe_now(self) -> Any:
-        return self._describe()
+        return read_consistently(self._describe)
 
     def accept(self) -> None:
         """Take the current values as known (after an edit that was already announced)."""
-        self._last = copy.deepcopy(self.data)
+        self._last = read_consistently(lambda: copy.deepcopy(self.data))
 
     def check(self) -> None:
-        if self.data == self._last:
+        try:
+            changes = read_consistently(self._changes)
+            if not changes:
+                return
+            description = self.describe_now()
+        except Exception as error:
+            message = f"hyperparameters {self.name!r} could not be read at this step: {error}"
+            _warn_once(("hyperparams", self.name, type(error)), message)
             return
-        changes = diff_paths(self._last, self.data)
-        self._last = copy.deepcopy(self.data)
         for path, old, new in changes:
             self._notify(
                 "hyperparams_changed",
@@ -199,8 +221,16 @@ class HyperparamWatch:
                 old=old,
                 new=new,
                 via="direct",
-                description=self._describe(),
+                description=description,
             )
+
+    def _changes(self) -> list[tuple[str, Any, Any]]:
+        if same_value(self.data, self._last):
+            return []
+        current = copy.deepcopy(self.data)
+        changes = diff_paths(self._last, current)
+        self._last = current
+        return changes
 
 
 def _spec(value: Any) -> Any:
