@@ -23,6 +23,7 @@ import torch
 from blinker import ANY, Signal
 from torch import nn
 
+from .architecture import unwrap_model
 from .bus import Subscription
 from .errors import SystemOptionsError
 from .fingerprint import canonical, describe_scheduler
@@ -158,10 +159,32 @@ def forget_system(system: CheckpointSystem) -> None:
 
 
 def register_model(name: str, model: nn.Module) -> nn.Module:
+    """Register a model (a ``torch.compile``, DDP or DataParallel wrapper is seen through).
+
+    A module registered under two names (or inside another registered model) is refused: the
+    two entries would save the same weights twice and only one of them could follow its edits.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"register_model({name!r}, ...) needs a torch.nn.Module, got {type(model).__name__}")
-    LEDGER.register("model", name, model)
+    plain = unwrap_model(model)
+    _refuse_shared_modules(name, plain)
+    LEDGER.register("model", name, plain)
     return model
+
+
+def _refuse_shared_modules(name: str, model: nn.Module) -> None:
+    mine = {id(m): path for path, m in model.named_modules()}
+    for entry in LEDGER.entries("model"):
+        if entry.name == name:
+            continue
+        for path, module in entry.obj.named_modules():
+            if id(module) in mine:
+                where = f"its module {mine[id(module)]!r}" if mine[id(module)] else "it"
+                inside = f" as its module {path!r}" if path else ""
+                raise ValueError(
+                    f"register_model({name!r}, ...): {where} is already registered in model {entry.name!r}{inside}; "
+                    "register each module once (register the whole model, or unregister the other name first)"
+                )
 
 
 def register_optimizer(name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

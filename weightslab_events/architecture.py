@@ -1,4 +1,4 @@
-"""Loading a stored architecture, which means unpickling, so only on explicit trust."""
+"""Architectures: the module a wrapper hides, and loading a stored one (only on explicit trust)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["load_architecture"]
+__all__ = ["load_architecture", "unwrap_model"]
 
 
 def load_architecture(path: str | Path, *, trusted: bool = False) -> Any:
@@ -23,3 +24,20 @@ def load_architecture(path: str | Path, *, trusted: bool = False) -> Any:
             "call load_architecture(path, trusted=True) only for files you trust"
         )
     return torch.load(Path(path), map_location="meta", weights_only=False)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside runtime wrappers: ``torch.compile`` (``_orig_mod``), DDP and DataParallel.
+
+    A wrapper changes how the model runs, not what it is, like the device: it stays out of the
+    hash, and the checkpoint's keys are the plain module's (no ``_orig_mod.`` or ``module.``
+    prefix), so a run resumes across wrapped and unwrapped. Wrappers may nest
+    (``torch.compile(DDP(model))``).
+    """
+    while True:
+        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model

@@ -10,9 +10,12 @@ hash follows when another hash's checkpoint is restored.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from .errors import CheckpointNotFoundError
 from .fingerprint import canonical, from_canonical
@@ -83,6 +86,7 @@ class Resuming:
                 continue
             self._restore(payload, str(path))
             self.bus.emit("resumed", exp=hash, step=payload["step"], hash=hash, file=record["file"])
+            self._announce_restored(hash)
             return int(payload["step"])
         wanted = f"step {step}" if step is not None else "any step"
         raise CheckpointNotFoundError(f"no good checkpoint of experiment {hash!r} at {wanted}")
@@ -119,10 +123,17 @@ class Resuming:
             restore_rng(payload.get("rng", {}))
             self.bus.state.step = int(payload["step"])
             self._resumed_payload = payload
-            self._announce_restored()
 
-    def _announce_restored(self) -> None:
-        """Re-describe components a resume changed (another hash's config), so the hash follows."""
+    def _announce_restored(self, hash: str) -> None:
+        """Re-describe every component that differs from what ``hash`` stored, so the hash follows.
+
+        A resume restores values but not everything that defines the experiment: a model cast
+        to float64 before ``resume()`` stays float64. Each live description is compared with the
+        resumed experiment's stored one (and with the hashing handler's), and a difference is
+        announced after ``resumed``, so it forks from the resumed hash at the next step instead
+        of saving float64 weights under the float32 hash.
+        """
+        stored = self._stored_components(hash)
         descriptions: dict[str, tuple[str, Any]] = {}
         for name, watch in self._models.items():
             watch.refresh()
@@ -133,12 +144,22 @@ class Resuming:
             hp_watch.accept()
             descriptions[f"hyperparams:{name}"] = ("hyperparams_changed", hp_watch.describe_now())
         for key, (event_type, description) in descriptions.items():
-            if canonical(self.hashing.components.get(key)) == canonical(description):
+            live = canonical(description)
+            if canonical(self.hashing.components.get(key)) == live and stored.get(key, live) == live:
                 continue
             name = key.split(":", 1)[1]
             self.bus.emit(
                 event_type, src=name, name=name, kind="resume", key="*", source="resume", description=description
             )
+
+    def _stored_components(self, hash: str) -> dict[str, Any]:
+        """The component descriptions ``hash`` was created with (config and architecture files)."""
+        try:
+            config = yaml.safe_load(self.store.config_path(hash).read_text(encoding="utf-8")) or {}
+            models = json.loads(self.store.architecture_path(hash, "json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            return {}
+        return {key: canonical(value) for key, value in {**config, **models}.items()}
 
     def _maybe_auto_resume(self) -> None:
         if not self._auto_resume or self.experiment_hash is None:
@@ -151,4 +172,6 @@ class Resuming:
         except CheckpointNotFoundError as error:
             log.warning("automatic resume found no usable checkpoint: %s", error)
             return
+        # Once: re-registering a rebuilt optimizer before the first step must not resume again.
+        self._auto_resume = False
         log.info("resumed experiment %s at step %d", hash, step)

@@ -41,7 +41,14 @@ from .resuming import Resuming
 from .saver import SaveJob, Saver
 from .snapshot import BufferPool, capture_rng, copy_state
 from .store import FileSystem, Store
-from .watch import HyperparamWatch, ModelWatch, OptimizerWatch, install_registration_hooks
+from .watch import (
+    HyperparamWatch,
+    ModelWatch,
+    OptimizerWatch,
+    install_registration_hooks,
+    untrained_parameters,
+    warn_once,
+)
 
 __all__ = ["CheckpointSystem", "PAYLOAD_FORMAT_VERSION", "describe_hyperparams"]
 
@@ -149,6 +156,7 @@ class CheckpointSystem(Resuming):
         self._user_steps = False
         self._unfinished: tuple[Decision, BufferPool, dict[str, Any]] | None = None
         self._deferred: list[Decision] = []
+        self._coverage_known = False
         self._metrics: dict[str, float] = {}
         self._auto_resume = resume
         self._resumed_payload: dict[str, Any] | None = None
@@ -205,7 +213,7 @@ class CheckpointSystem(Resuming):
             self._checks.append(watch.check)
             announce["description"] = watch.describe()
         elif entry.kind == "optimizer":
-            optimizer_watch = OptimizerWatch(name, obj, self._notify)
+            optimizer_watch = OptimizerWatch(name, obj, self._notify, self._scheduler_name)
             self._optimizers[name] = optimizer_watch
             self._checks.append(optimizer_watch.check)
             self._hooks[name] = [
@@ -225,6 +233,7 @@ class CheckpointSystem(Resuming):
             saved = self._resumed_payload.get("statefuls", {})
             if name in saved:
                 restore_stateful(obj, saved[name])
+        self._coverage_known = False
         self.bus.emit(f"{entry.kind}_registered", src=name, **announce)
 
     def _detach(self, entry: Entry) -> None:
@@ -248,8 +257,26 @@ class CheckpointSystem(Resuming):
         elif self._driver is None and self._optimizers:
             self._driver = next(iter(self._optimizers.values())).optimizer
 
+    def _scheduler_name(self, scheduler: Any) -> str | None:
+        return next((e.name for e in self.ledger.entries("scheduler") if e.obj is scheduler), None)
+
     def _notify(self, type: str, src: str | None = None, **data: Any) -> None:
+        if type == "layer_edited":
+            self._coverage_known = False
         self.bus.emit(type, src=src, **data)
+
+    def _check_coverage(self) -> None:
+        """Warn once per set of trainable parameters that no registered optimizer updates."""
+        self._coverage_known = True
+        missing = untrained_parameters(self._models, [w.optimizer for w in self._optimizers.values()])
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            warn_once(
+                ("untrained", tuple(missing)),
+                f"no registered optimizer updates the trainable parameters {shown}, so they never train "
+                "(a layer swapped in after the optimizer was built?). Build the optimizer (and its "
+                "scheduler) again over model.parameters() and register them again.",
+            )
 
     def _emit_from_worker(self, type: str, hash: str, step: int, **data: Any) -> None:
         self.bus.emit(type, src="saver", exp=hash, step=step, hash=hash, **data)
@@ -264,6 +291,8 @@ class CheckpointSystem(Resuming):
             self._finish_capture()
         for check in self._checks:
             check()
+        if not self._coverage_known:
+            self._check_coverage()
         if self._deferred:
             self._run_deferred()
 

@@ -41,6 +41,8 @@ __all__ = [
     "OptimizerWatch",
     "TrackedGroup",
     "install_registration_hooks",
+    "untrained_parameters",
+    "warn_once",
     "watch_for",
 ]
 
@@ -50,7 +52,7 @@ log = logging.getLogger("weightslab_events")
 _warned: set[Any] = set()
 
 
-def _warn_once(key: Any, message: str) -> None:
+def warn_once(key: Any, message: str) -> None:
     """Log ``message`` once per ``key`` for the process: a repeated warning is noise."""
     if key in _warned:
         return
@@ -64,60 +66,126 @@ _DATA_PTR = torch.Tensor.data_ptr
 _SCHEDULER_FILES = tuple(os.path.join("torch", "optim", name) for name in ("lr_scheduler.py", "swa_utils.py"))
 
 
-def _written_by_scheduler() -> bool:
-    """True when the write being made comes from torch's scheduler code (two frames up)."""
-    return sys._getframe(2).f_code.co_filename.endswith(_SCHEDULER_FILES)
+_NOT_A_SCHEDULER = None
+
+
+def _writing_scheduler() -> Any:
+    """The scheduler making the write being made (two frames up in torch's scheduler code), or None.
+
+    A write from torch's scheduler code whose frame has no ``self`` gives ``True``.
+    """
+    frame = sys._getframe(2)
+    if not frame.f_code.co_filename.endswith(_SCHEDULER_FILES):
+        return _NOT_A_SCHEDULER
+    # torch writes through a module-level helper; the scheduler is the ``self`` a frame or two up.
+    for _ in range(3):
+        scheduler = frame.f_locals.get("self") if frame.f_code.co_filename.endswith(_SCHEDULER_FILES) else None
+        if scheduler is not None:
+            return scheduler
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    return True
+
+
+#: Schedulers that compute lr from ``base_lrs`` at every step, so a user's lr edit lasts one step.
+ABSOLUTE_SCHEDULERS = frozenset({"LambdaLR", "OneCycleLR", "CyclicLR", "CosineAnnealingWarmRestarts"})
+
+
+def undoes_lr_edits(scheduler: Any) -> bool:
+    return any(cls.__name__ in ABSOLUTE_SCHEDULERS for cls in type(scheduler).__mro__)
 
 
 class TrackedGroup(dict):
     """A param group that records each key written since the last step boundary.
 
-    ``writes[key]`` is ``("user", value)`` or ``("scheduler", None)``; a user write is never
-    downgraded to a scheduler one, so a user's edit survives a scheduler's rewrite.
+    ``writes[key]`` is ``("user", value)`` or ``("scheduler", scheduler)``; a user write is never
+    downgraded to a scheduler one, so a user's edit survives a scheduler's rewrite (the scheduler
+    that rewrote it is kept in ``overwritten``). ``before_user[key]`` is the value the key held
+    just before the first user write since the boundary: what a checkpoint of the previous step
+    holds, since the user's edit belongs to the next experiment.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.writes: dict[str, tuple[str, Any]] = {}
+        self.before_user: dict[str, Any] = {}
+        self.overwritten: dict[str, Any] = {}
 
-    def _record(self, key: str, value: Any, by_scheduler: bool) -> None:
-        if by_scheduler:
-            self.writes.setdefault(key, ("scheduler", None))
-        else:
-            self.writes[key] = ("user", copy.copy(value))
+    def _record(self, key: str, value: Any, scheduler: Any) -> None:
+        if scheduler is not None:
+            previous = self.writes.setdefault(key, ("scheduler", scheduler))
+            if previous[0] == "user":
+                self.overwritten[key] = scheduler
+            return
+        if key not in self.before_user:
+            self.before_user[key] = copy.copy(self.get(key, _ABSENT))
+        self.writes[key] = ("user", copy.copy(value))
+        self.overwritten.pop(key, None)
+
+    def take_writes(self) -> tuple[dict[str, tuple[str, Any]], dict[str, Any]]:
+        """The writes and user-overwriting schedulers since the last boundary; starts a new window."""
+        writes, overwritten = self.writes, self.overwritten
+        self.writes, self.overwritten, self.before_user = {}, {}, {}
+        return writes, overwritten
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._record(key, value, _written_by_scheduler())
+        self._record(key, value, _writing_scheduler())
         super().__setitem__(key, value)
 
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        by_scheduler = _written_by_scheduler()
+        scheduler = _writing_scheduler()
         for key, value in dict(*args, **kwargs).items():
-            self._record(key, value, by_scheduler)
+            self._record(key, value, scheduler)
             super().__setitem__(key, value)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         return (dict, (dict(self),))
 
 
+#: ``before_user`` of a key the group did not have.
+_ABSENT = object()
+
+
+def _configured_values(group: dict[str, Any]) -> dict[str, Any]:
+    values = group_config(group)
+    if "initial_lr" in group and "lr" in values:
+        values["lr"] = group["initial_lr"]
+    return values
+
+
 class OptimizerWatch:
     """Finds user edits and scheduler moves of one optimizer's param groups."""
 
-    def __init__(self, name: str, optimizer: torch.optim.Optimizer, notify: Notify) -> None:
+    def __init__(
+        self,
+        name: str,
+        optimizer: torch.optim.Optimizer,
+        notify: Notify,
+        scheduler_name: Callable[[Any], str | None] = lambda scheduler: None,
+    ) -> None:
         self.name = name
         self.optimizer = optimizer
         self._notify = notify
+        self._scheduler_name = scheduler_name
         self.configured: list[dict[str, Any]] = []
         self._seen: list[dict[str, Any]] = []
+        self._user_edited: dict[tuple[int, str], Any] = {}
         self.adopt()
 
     def adopt(self) -> None:
-        """Take the groups' current values as configured and track every group."""
+        """Take the groups' current values as configured and track every group.
+
+        A scheduler built before registration has already moved ``lr`` (a warmup starts at 0)
+        and kept the configured value in ``initial_lr``; that is the value that defines the
+        experiment, so swapping the two lines that build the optimizer's scheduler and register
+        it gives one hash.
+        """
         groups = self.optimizer.param_groups
         for index, group in enumerate(groups):
             if type(group) is not TrackedGroup:
                 groups[index] = TrackedGroup(group)
-        self.configured = [copy.deepcopy(group_config(g)) for g in groups]
+        self.configured = [copy.deepcopy(_configured_values(g)) for g in groups]
         self._seen = [dict(group_config(g)) for g in groups]
 
     def describe(self) -> dict[str, Any]:
@@ -134,7 +202,7 @@ class OptimizerWatch:
                 self._apply_writes(index, group)
 
     def _apply_writes(self, index: int, group: TrackedGroup) -> None:
-        writes, group.writes = group.writes, {}
+        writes, overwritten = group.take_writes()
         for key, (source, value) in writes.items():
             if key in ("params", "initial_lr"):
                 continue
@@ -144,17 +212,45 @@ class OptimizerWatch:
                 if key not in self.configured[index] or not same_value(old, value):
                     self.configured[index][key] = copy.deepcopy(value)
                     self._notify_change(index, key, old, value, "user")
+                self._user_edited[(index, key)] = value
+                if key in overwritten:
+                    self._check_undone(index, key, overwritten[key], group.get(key))
                 continue
             new = group.get(key)
+            if (index, key) in self._user_edited:
+                self._check_undone(index, key, value, new)
             old = self._seen[index].get(key)
             if not same_value(old, new):
                 self._seen[index][key] = new
                 self._notify_change(index, key, old, new, "scheduler")
 
+    def _check_undone(self, index: int, key: str, scheduler: Any, new: Any) -> None:
+        """Warn once per scheduler whose next write throws away the user's edit of ``key``."""
+        edited = self._user_edited.pop((index, key))
+        if key != "lr" or same_value(edited, new) or not undoes_lr_edits(scheduler):
+            return
+        name = self._scheduler_name(scheduler)
+        called = f"scheduler {name!r} ({type(scheduler).__name__})" if name else f"a {type(scheduler).__name__}"
+        warn_once(
+            ("undone", id(scheduler)),
+            f"{called} sets lr from its base_lrs at every step, so the edit of optimizer {self.name!r} "
+            f"group {index} lr to {edited!r} was undone at the next scheduler.step() (lr is now {new!r}), "
+            "though the edit forked the experiment. Change the scheduler's base_lrs as well, or build "
+            "a new scheduler after the edit and register it.",
+        )
+
     def _regroup(self) -> None:
         groups = self.optimizer.param_groups
         previous = self.configured
+        kept = {i: g for i, g in enumerate(groups) if type(g) is TrackedGroup and i < len(previous)}
         self.adopt()
+        for index, group in kept.items():
+            # A group that was tracked keeps its configured lr (not a scheduler's move or
+            # initial_lr) unless the user wrote one since the last boundary.
+            source, value = group.writes.get("lr", ("scheduler", None))
+            if "lr" in previous[index]:
+                self.configured[index]["lr"] = copy.deepcopy(value) if source == "user" else previous[index]["lr"]
+            group.take_writes()
         for index, values in enumerate(self.configured):
             before = previous[index] if index < len(previous) else {}
             for key in sorted(set(values) | set(before)):
@@ -210,7 +306,7 @@ class HyperparamWatch:
             description = self.describe_now()
         except Exception as error:
             message = f"hyperparameters {self.name!r} could not be read at this step: {error}"
-            _warn_once(("hyperparams", self.name, type(error)), message)
+            warn_once(("hyperparams", self.name, type(error)), message)
             return
         for path, old, new in changes:
             self._notify(
@@ -376,6 +472,24 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def _shapes(these: dict[str, Any], others: dict[str, Any]) -> dict[str, Any]:
     return {path: list(shape) for path, (shape, _dtype) in these.items() if others.get(path, (None,))[0] != shape}
+
+
+def untrained_parameters(models: dict[str, ModelWatch], optimizers: list[torch.optim.Optimizer]) -> list[str]:
+    """Trainable parameters of the registered models that no registered optimizer updates.
+
+    After ``model.fc = nn.Linear(...)`` the optimizer still holds the old layer's parameters, so
+    the new layer never trains, silently. Frozen parameters (``requires_grad=False``) are left
+    out. Returns ``"model:path"`` names.
+    """
+    if not optimizers:
+        return []
+    updated = {id(p) for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]}
+    return [
+        f"{name}:{path}"
+        for name, watch in models.items()
+        for path, parameter in watch.model.named_parameters()
+        if parameter.requires_grad and id(parameter) not in updated
+    ]
 
 
 # -- torch's global registration hooks -------------------------------------------------------
