@@ -35,7 +35,6 @@ from .watch import watch_for
 
 if TYPE_CHECKING:
     from .handlers.retention import RetentionPolicy
-
     from .store import FileSystem
 
 __all__ = [

@@ -45,9 +45,9 @@ from .watch import (
     HyperparamWatch,
     ModelWatch,
     OptimizerWatch,
+    WarnOnce,
     install_registration_hooks,
     untrained_parameters,
-    warn_once,
 )
 
 __all__ = ["CheckpointSystem", "PAYLOAD_FORMAT_VERSION", "describe_hyperparams"]
@@ -157,6 +157,7 @@ class CheckpointSystem(Resuming):
         self._unfinished: tuple[Decision, BufferPool, dict[str, Any]] | None = None
         self._deferred: list[Decision] = []
         self._coverage_known = False
+        self._warn_once = WarnOnce()
         self._metrics: dict[str, float] = {}
         self._auto_resume = resume
         self._resumed_payload: dict[str, Any] | None = None
@@ -271,7 +272,7 @@ class CheckpointSystem(Resuming):
         missing = untrained_parameters(self._models, [w.optimizer for w in self._optimizers.values()])
         if missing:
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            warn_once(
+            self._warn_once(
                 ("untrained", tuple(missing)),
                 f"no registered optimizer updates the trainable parameters {shown}, so they never train "
                 "(a layer swapped in after the optimizer was built?). Build the optimizer (and its "

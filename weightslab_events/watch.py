@@ -42,22 +42,26 @@ __all__ = [
     "TrackedGroup",
     "install_registration_hooks",
     "untrained_parameters",
-    "warn_once",
+    "WarnOnce",
     "watch_for",
 ]
 
 Notify = Callable[..., None]
 
 log = logging.getLogger("weightslab_events")
-_warned: set[Any] = set()
 
 
-def warn_once(key: Any, message: str) -> None:
-    """Log ``message`` once per ``key`` for the process: a repeated warning is noise."""
-    if key in _warned:
-        return
-    _warned.add(key)
-    log.warning(message)
+class WarnOnce:
+    """Logs each warning once per key for its owner (a watch, a system): repeating it is noise."""
+
+    def __init__(self) -> None:
+        self._seen: set[Any] = set()
+
+    def __call__(self, key: Any, message: str) -> None:
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        log.warning(message)
 
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
@@ -171,6 +175,7 @@ class OptimizerWatch:
         self.configured: list[dict[str, Any]] = []
         self._seen: list[dict[str, Any]] = []
         self._user_edited: dict[tuple[int, str], Any] = {}
+        self._warn_once = WarnOnce()
         self.adopt()
 
     def adopt(self) -> None:
@@ -231,7 +236,7 @@ class OptimizerWatch:
             return
         name = self._scheduler_name(scheduler)
         called = f"scheduler {name!r} ({type(scheduler).__name__})" if name else f"a {type(scheduler).__name__}"
-        warn_once(
+        self._warn_once(
             ("undone", id(scheduler)),
             f"{called} sets lr from its base_lrs at every step, so the edit of optimizer {self.name!r} "
             f"group {index} lr to {edited!r} was undone at the next scheduler.step() (lr is now {new!r}), "
@@ -289,6 +294,7 @@ class HyperparamWatch:
         self.data = data
         self._notify = notify
         self._describe = describe
+        self._warn_once = WarnOnce()
         self._last = read_consistently(lambda: copy.deepcopy(data))
 
     def describe_now(self) -> Any:
@@ -306,7 +312,7 @@ class HyperparamWatch:
             description = self.describe_now()
         except Exception as error:
             message = f"hyperparameters {self.name!r} could not be read at this step: {error}"
-            warn_once(("hyperparams", self.name, type(error)), message)
+            self._warn_once(type(error), message)
             return
         for path, old, new in changes:
             self._notify(
