@@ -35,6 +35,7 @@ from .errors import (
     CheckpointNotFoundError,
     InvalidNameError,
     NotDescribableError,
+    RankDisagreementError,
     SystemOptionsError,
     UnsaveableStateError,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidNameError",
     "LatestN",
     "NotDescribableError",
+    "RankDisagreementError",
     "ReplayResult",
     "RetentionPolicy",
     "SystemOptionsError",

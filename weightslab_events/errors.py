@@ -8,6 +8,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "InvalidNameError",
     "NotDescribableError",
+    "RankDisagreementError",
     "SystemOptionsError",
     "UnsaveableStateError",
 ]
@@ -47,3 +48,7 @@ class SystemOptionsError(RuntimeError):
 
 class UnsaveableStateError(TypeError):
     """A state holds a value that a checkpoint could store but never load back (``weights_only``)."""
+
+
+class RankDisagreementError(RuntimeError):
+    """The ranks of a distributed job disagree on the experiment; raised on every rank, naming what differs."""

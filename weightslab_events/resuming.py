@@ -24,8 +24,12 @@ from .snapshot import restore_rng
 from .store import Fault
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .bus import Bus
+    from .distributed import Coordinator
     from .ledger import Ledger
+    from .saver import Saver
     from .store import Store
     from .watch import HyperparamWatch, ModelWatch, OptimizerWatch
 
@@ -47,6 +51,8 @@ class Resuming:
     _optimizers: dict[str, OptimizerWatch]
     _hyperparams: dict[str, HyperparamWatch]
     _auto_resume: bool
+    _distributed: Coordinator | None
+    saver: Saver
     _resumed_payload: dict[str, Any] | None
 
     def verify(self) -> list[str]:
@@ -78,7 +84,7 @@ class Resuming:
             path = self.store.file_of(hash, record)
             if fault is None:
                 try:
-                    payload = self.store.load(path)
+                    payload = self._load_checkpoint(hash, record, path)
                 except Exception as error:
                     fault = Fault(hash, path, f"cannot be loaded: {error}")
             if fault is not None:
@@ -91,15 +97,31 @@ class Resuming:
         wanted = f"step {step}" if step is not None else "any step"
         raise CheckpointNotFoundError(f"no good checkpoint of experiment {hash!r} at {wanted}")
 
+    def _load_checkpoint(self, hash: str, record: dict[str, Any], path: Path) -> dict[str, Any]:
+        """The checkpoint's payload; a multi-rank one is completed with this rank's part (and shards)."""
+        payload = self.store.load(path)
+        if not record.get("parts"):
+            return payload
+        from .distributed import load_parts
+
+        if record.get("sharded"):
+            self.saver.flush()  # DCP's load shares the writer's group
+        models = {n: w.model for n, w in self._models.items()}
+        optimizers = {n: w.optimizer for n, w in self._optimizers.items()}
+        return load_parts(self.store, hash, record, payload, self._distributed, models, optimizers)
+
     def _restore(self, payload: dict[str, Any], where: str) -> None:
+        sharded = bool(payload.get("sharded"))  # models and optimizers were loaded through DCP
         with self._lock:
             models = {n: w.model for n, w in self._models.items()}
-            check_architecture(models, payload["models"], where)
-            for name, model in models.items():
-                model.load_state_dict(payload["models"][name])
+            if not sharded:
+                check_architecture(models, payload["models"], where)
+                for name, model in models.items():
+                    model.load_state_dict(payload["models"][name])
             for name, watch in self._optimizers.items():
-                if name in payload["optimizers"]:
-                    watch.optimizer.load_state_dict(payload["optimizers"][name])
+                if name in payload["optimizers"] or sharded:
+                    if not sharded:
+                        watch.optimizer.load_state_dict(payload["optimizers"][name])
                     watch.adopt()
                     watch.configured = copy.deepcopy(payload.get("optimizer_config", {}).get(name, watch.configured))
             for entry in self.ledger.entries("scheduler"):

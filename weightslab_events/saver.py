@@ -54,6 +54,12 @@ Notify = Callable[..., None]
 WRITER_THREAD = "wle-writer"
 
 
+def _commit_here(store: Store, job: SaveJob) -> dict[str, Any]:
+    """A single process writes the whole checkpoint (distributed ranks use their coordinator's commit)."""
+    store.prepare(job.hash, job.info)
+    return store.commit(job.hash, job.step, job.reason, job.payload, job.metrics)
+
+
 class Saver:
     """Owns the snapshot slots and the writer thread."""
 
@@ -64,6 +70,7 @@ class Saver:
         *,
         max_pending: int = 1,
         when_busy: str = "block",
+        commit: Callable[[Store, SaveJob], dict[str, Any]] | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
@@ -72,6 +79,7 @@ class Saver:
         self.store = store
         self.when_busy = when_busy
         self._notify = notify
+        self._commit = commit or _commit_here
         self._slots: queue.Queue[BufferPool] = queue.Queue()
         for _ in range(max_pending):
             self._slots.put(BufferPool())
@@ -113,8 +121,7 @@ class Saver:
 
     def _write(self, pool: BufferPool, job: SaveJob) -> None:
         try:
-            self.store.prepare(job.hash, job.info)
-            record = self.store.commit(job.hash, job.step, job.reason, job.payload, job.metrics)
+            record = self._commit(self.store, job)
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"
             log.warning("checkpoint %s failed: %s", job.label, reason)

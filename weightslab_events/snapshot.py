@@ -36,6 +36,10 @@ class BufferPool:
         self._used: set[Path] = set()
 
     def copy(self, path: Path, tensor: torch.Tensor) -> torch.Tensor:
+        if getattr(tensor, "device_mesh", None) is not None:
+            from .distributed import copy_sharded
+
+            return copy_sharded(self, path, tensor)
         self._used.add(path)
         source = tensor.detach()
         buffer = self._buffers.get(path)

@@ -25,6 +25,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,12 +36,15 @@ from typing import IO, Any
 import torch
 import yaml
 
+from .errors import InvalidNameError
 from .names import validate_name
 
 __all__ = ["FileSystem", "Fault", "Store", "TEMP_MARK", "now_iso"]
 
 TEMP_MARK = ".tmp-"
 FORMAT_VERSION = 1
+#: The one hidden file name a part may have: DCP's metadata file in a sharded checkpoint's folder.
+DCP_METADATA = ".metadata"
 
 
 def now_iso() -> str:
@@ -135,6 +139,20 @@ class Store:
 
     def checkpoint_path(self, hash: str, step: int) -> Path:
         return self.exp_dir(hash) / "model" / f"{hash}_step_{int(step):06d}.pt"
+
+    def shard_dir(self, hash: str, step: int) -> Path:
+        """The DCP folder of a sharded (FSDP2) checkpoint, named like its ``.pt`` file."""
+        return self.exp_dir(hash) / "model" / f"{hash}_step_{int(step):06d}"
+
+    def part_path(self, hash: str, relative: str) -> Path:
+        """A listed part of a multi-rank checkpoint (``name`` or ``folder/name``), kept inside ``model/``."""
+        components = str(relative).split("/")
+        if len(components) > 2:
+            raise InvalidNameError(f"invalid checkpoint part {relative!r}: at most one folder level")
+        for component in components:
+            if component != DCP_METADATA:
+                validate_name(component, "checkpoint part")
+        return self.exp_dir(hash) / "model" / Path(*components)
 
     def architecture_path(self, hash: str, suffix: str) -> Path:
         return self.exp_dir(hash) / "model" / f"{hash}_architecture.{suffix}"
@@ -241,9 +259,18 @@ class Store:
             )
 
     def commit(
-        self, hash: str, step: int, reason: str, payload: dict[str, Any], metrics: dict[str, float] | None = None
+        self,
+        hash: str,
+        step: int,
+        reason: str,
+        payload: dict[str, Any],
+        metrics: dict[str, float] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write one checkpoint atomically, then record it in the manifest; returns the record."""
+        """Write one checkpoint atomically, then record it in the manifest; returns the record.
+
+        ``extra`` adds fields to the record (a multi-rank checkpoint's ``parts``, already durable).
+        """
         path = self.checkpoint_path(hash, step)
         size, digest = self.write_atomic(path, lambda f: torch.save(payload, f))
         record = {
@@ -256,6 +283,7 @@ class Store:
         }
         if metrics:
             record["metrics"] = {k: float(v) for k, v in metrics.items()}
+        record.update(extra or {})
         with self._lock:
             manifest = self.manifest(hash)
             kept = [r for r in manifest["checkpoints"] if r.get("file") != path.name]
@@ -267,9 +295,15 @@ class Store:
         """Remove one checkpoint: out of the manifest first, then off the disk."""
         with self._lock:
             manifest = self.manifest(hash)
+            doomed = [r for r in manifest["checkpoints"] if r.get("file") == file]
             manifest["checkpoints"] = [r for r in manifest["checkpoints"] if r.get("file") != file]
             self._write_manifest(hash, manifest)
         (self.exp_dir(hash) / "model" / validate_name(file, "checkpoint file")).unlink(missing_ok=True)
+        for record in doomed:
+            for part in record.get("parts", ()):
+                self.part_path(hash, part["file"]).unlink(missing_ok=True)
+            if record.get("sharded"):
+                shutil.rmtree(self.shard_dir(hash, record["step"]), ignore_errors=True)
 
     # -- reading and verifying ----------------------------------------------------------------
 
@@ -281,14 +315,19 @@ class Store:
         return self.exp_dir(hash) / "model" / validate_name(record["file"], "checkpoint file")
 
     def check(self, hash: str, record: dict[str, Any]) -> Fault | None:
-        """Verify one committed checkpoint's size and checksum."""
-        path = self.file_of(hash, record)
+        """Verify one committed checkpoint's size and checksum, and those of every listed part."""
+        fault = self._check_file(hash, self.file_of(hash, record), record)
+        for part in record.get("parts", ()):
+            fault = fault or self._check_file(hash, self.part_path(hash, part["file"]), part)
+        return fault
+
+    def _check_file(self, hash: str, path: Path, expected: dict[str, Any]) -> Fault | None:
         if not path.is_file():
             return Fault(hash, path, "file is missing")
         size = path.stat().st_size
-        if size != record.get("size"):
-            return Fault(hash, path, f"size is {size} bytes, manifest says {record.get('size')} (truncated?)")
-        if sha256_of(path) != record.get("sha256"):
+        if size != expected.get("size"):
+            return Fault(hash, path, f"size is {size} bytes, manifest says {expected.get('size')} (truncated?)")
+        if sha256_of(path) != expected.get("sha256"):
             return Fault(hash, path, "SHA-256 checksum does not match the manifest (corrupted)")
         return None
 

@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -50,11 +50,23 @@ from .watch import (
     untrained_parameters,
 )
 
+if TYPE_CHECKING:
+    from .distributed import Coordinator
+
 __all__ = ["CheckpointSystem", "PAYLOAD_FORMAT_VERSION", "describe_hyperparams"]
 
 log = logging.getLogger("weightslab_events")
 
 PAYLOAD_FORMAT_VERSION = 1
+
+
+def _coordinator(bus: Bus, components: Callable[[], dict[str, Any]]) -> Coordinator | None:
+    """The rank's coordinator under an initialised ``torch.distributed``; ``None`` in a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    from .distributed import Coordinator
+
+    return Coordinator(bus, components)
 
 
 def describe_hyperparams(name: str, data: dict) -> dict[str, Any]:
@@ -141,6 +153,7 @@ class CheckpointSystem(Resuming):
         self.store = Store(os.path.abspath(os.path.expanduser(root_log_dir)), file_system)
         stale = self.store.open()
         self.bus = Bus(strict=strict_handlers)
+        self._distributed = _coordinator(self.bus, lambda: self.hashing.components)
         self.ledger = ledger
         self.close_timeout = close_timeout
         self._lock = threading.RLock()
@@ -164,11 +177,16 @@ class CheckpointSystem(Resuming):
         self._closed = False
         self._closing = False
 
-        self.saver = Saver(self.store, self._emit_from_worker, max_pending=max_pending, when_busy=when_busy)
+        commit = self._distributed.commit if self._distributed is not None else None
+        self.saver = Saver(
+            self.store, self._emit_from_worker, max_pending=max_pending, when_busy=when_busy, commit=commit
+        )
         self.hashing = HashingHandler().connect(self.bus)
         self.checkpointing = CheckpointingHandler(checkpoint_frequency, save=self._save).connect(self.bus)
-        self.retention = RetentionHandler(self.store, retention).connect(self.bus) if retention else None
-        self.event_log = EventLogHandler(self.store.log_path).connect(self.bus)
+        deletes = retention is not None and (self._distributed is None or self._distributed.writes_shared_state)
+        self.retention = RetentionHandler(self.store, retention).connect(self.bus) if deletes else None
+        log_path = self.store.log_path if self._distributed is None else self._distributed.log_path(self.store.log_path)
+        self.event_log = EventLogHandler(log_path).connect(self.bus)
         self.bus.emit("started", root=str(self.store.root), checkpoint_frequency=checkpoint_frequency)
         for path in stale:
             log.warning("removed an uncommitted temporary left by a crash: %s", path)
@@ -296,9 +314,15 @@ class CheckpointSystem(Resuming):
             self._check_coverage()
         if self._deferred:
             self._run_deferred()
+        if self._distributed is not None:
+            self._distributed.begin_check(self.step, self.experiment_hash)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if optimizer is not self._driver or self._user_steps:
+        if optimizer is not self._driver:
+            return
+        if self._distributed is not None:
+            self._distributed.end_check(self.experiment_hash)
+        if self._user_steps:
             return
         self._auto_resume = False
         self._resumed_payload = None
@@ -354,21 +378,22 @@ class CheckpointSystem(Resuming):
             return
         try:
             with torch.no_grad(), self._lock:
+                model_states, optimizer_states, sharded = self._state_dicts()
                 payload = {
                     "format_version": PAYLOAD_FORMAT_VERSION,
                     "experiment_hash": decision.hash,
                     "step": decision.step,
                     "reason": decision.reason,
-                    "models": {n: copy_state(w.model.state_dict(), pool, ("m", n)) for n, w in self._models.items()},
-                    "optimizers": {
-                        n: copy_state(w.optimizer.state_dict(), pool, ("o", n)) for n, w in self._optimizers.items()
-                    },
+                    "models": {n: copy_state(state, pool, ("m", n)) for n, state in model_states.items()},
+                    "optimizers": {n: copy_state(state, pool, ("o", n)) for n, state in optimizer_states.items()},
                     "statefuls": {
                         e.name: copy_state(state_of_stateful(e.obj, e.name), pool, ("s", e.name))
                         for e in self.ledger.entries("stateful")
                     },
                     "rng": capture_rng(),
                 }
+                if sharded:
+                    payload["sharded"] = True
         except Exception as error:
             self.saver.release(pool)
             self._report_capture_failure(decision, error)
@@ -376,6 +401,14 @@ class CheckpointSystem(Resuming):
         self._unfinished = (decision, pool, payload)
         if not self._in_post_step:
             self._finish_capture()
+
+    def _state_dicts(self) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """The registered models' and optimizers' state dicts; sharded (FSDP2) ones come keyed by name."""
+        models = {n: w.model for n, w in self._models.items()}
+        optimizers = {n: w.optimizer for n, w in self._optimizers.items()}
+        if self._distributed is not None:
+            return self._distributed.state_dicts(models, optimizers)
+        return {n: m.state_dict() for n, m in models.items()}, {n: o.state_dict() for n, o in optimizers.items()}, False
 
     def _finish_capture(self) -> None:
         unfinished, self._unfinished = self._unfinished, None
@@ -437,6 +470,8 @@ class CheckpointSystem(Resuming):
         self._training_thread = threading.get_ident()
         self.check_now()
         self._finish_capture()
+        if self._distributed is not None:
+            self._distributed.check_now(int(step), self.experiment_hash)
         self.bus.state.step = int(step)
         self.bus.emit("step", step=int(step), driver="user")
         self._finish_capture()
@@ -499,6 +534,8 @@ class CheckpointSystem(Resuming):
         try:
             self._finish_capture()
             self._run_deferred()
+            if self._distributed is not None and self._distributed.failed is None:
+                self._distributed.check_now(self.step, self.experiment_hash)
             self.bus.emit("closing")
             self._finish_capture()
         finally:
