@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+import weightslab_events as wle
 from weightslab_events.eventlog import read_events
 from weightslab_events.replay import replay
 from weightslab_events.store import Store
@@ -144,9 +146,23 @@ def assert_one_log_that_replays(root: Path) -> None:
     assert [(e.data["hash"], e.step, e.data["reason"]) for e in other if e.type == "checkpoint_scheduled"] == decisions
 
 
+def assert_only_listed_files(root: Path) -> None:
+    """Every checkpoint file on disk is listed (retention removed every part of what it deleted)."""
+    store = Store(root)
+    for hash in store.hashes():
+        listed = {r["file"] for r in store.records(hash)} | {
+            p["file"] for r in store.records(hash) for p in r.get("parts", ())
+        }
+        folder = store.exp_dir(hash) / "model"
+        on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*_step_*") if p.is_file()}
+        on_disk |= {str(p.relative_to(folder)) for p in folder.rglob(".metadata")}
+        assert on_disk == listed
+
+
 def test_ddp_job_killed_and_resumed_ends_bitwise_equal_to_a_straight_run_on_every_rank(tmp_path):
-    run_job(tmp_path / "straight", 2, "--steps", str(STEPS), "--out", str(tmp_path / "straight"))
+    run_job(tmp_path / "straight", 2, "--steps", str(STEPS), "--keep", "1", "--out", str(tmp_path / "straight"))
     assert_one_log_that_replays(tmp_path / "straight")
+    assert_only_listed_files(tmp_path / "straight")
     kill_job_mid_run(tmp_path / "killed", 2)
     records = assert_committed_and_sound(tmp_path / "killed", 2)
 
@@ -171,13 +187,24 @@ def test_ddp_job_killed_and_resumed_ends_bitwise_equal_to_a_straight_run_on_ever
     assert_committed_and_sound(tmp_path / "killed", 2)
 
 
-def test_ranks_that_register_different_hyperparameters_all_get_a_clear_error(tmp_path):
-    results = finish(launch(tmp_path / "root", 2, "--steps", "5", "--disagree"), expect=3)
+@pytest.mark.parametrize(
+    ("how", "component", "difference", "last_committed"),
+    [
+        ("register", "hyperparams:config", "batch_size: rank 0 16, rank 1 17", 0),
+        ("edit", "optimizer:optimizer", "groups[0].lr: rank 0 0.01, rank 1 0.001", 1),
+    ],
+)
+def test_ranks_that_disagree_all_get_a_clear_error_and_nothing_mixed_is_committed(
+    tmp_path, how, component, difference, last_committed
+):
+    """Different registrations, or an edit on one rank only: every rank raises, none hangs."""
+    results = finish(launch(tmp_path / "root", 2, "--steps", "8", "--disagree", how), expect=3)
     for rank, (_, err) in enumerate(results):
-        assert "component hyperparams:config differs" in err, f"rank {rank}: {err[-2000:]}"
-        assert "batch_size: rank 0 16, rank 1 17" in err, f"rank {rank}: {err[-2000:]}"
+        assert f"component {component} differs" in err, f"rank {rank}: {err[-2000:]}"
+        assert difference in err, f"rank {rank}: {err[-2000:]}"
     store = Store(tmp_path / "root")
-    assert not [r for h in store.hashes() for r in store.records(h)], "nothing is committed for disagreeing ranks"
+    steps = [r["step"] for h in store.hashes() for r in store.records(h)]
+    assert max(steps, default=0) <= last_committed, "only checkpoints taken before the disagreement may exist"
 
 
 def test_fsdp2_job_killed_and_resumed_matches_a_straight_run_and_resumes_on_one_rank(tmp_path):
@@ -204,3 +231,20 @@ def test_fsdp2_job_killed_and_resumed_matches_a_straight_run_and_resumes_on_one_
     assert outputs[0].startswith(f"ready {STEPS}")
     (one,) = finals(tmp_path / "one", 1)
     assert_bitwise_equal(straight[0], one, "one rank")
+
+    # A damaged shard fails verify, and resume falls back to the previous good checkpoint; here in
+    # a single process, where DCP loads the two ranks' shards into a plain model.
+    store = Store(tmp_path / "straight")
+    shard = store.shard_dir(child, STEPS) / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert [f.file for _, _, f in store.verify() if f] == [shard]
+    system = wle.get_checkpoint_system(str(tmp_path / "straight"), checkpoint_frequency=None)
+    torch.manual_seed(0)
+    model = wle.register_model("model", nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4)))
+    wle.register_optimizer("optimizer", torch.optim.Adam(model.parameters(), lr=1e-2))
+    wle.register_hyperparams("config", {"batch_size": 16})
+    wle.register_stateful("sampler", torch.Generator())
+    assert system.resume(child) == STEPS - 5
+    assert not torch.equal(model[0].weight, straight[0]["model"]["0.weight"]), "step 15, not the damaged 20"

@@ -37,6 +37,7 @@ import hashlib
 import logging
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,14 +161,8 @@ class Coordinator:
 
     def commit(self, store: Store, job: SaveJob) -> dict[str, Any]:
         """Every rank writes its part; rank 0 commits the manifest last; returns the committed record."""
-        key = [job.hash, job.step, job.reason]
-        views = self._gather({"key": key, "token": uuid.uuid4().hex[:8]})
-        if any(view["key"] != key for view in views):
-            saved = "; ".join(
-                f"rank {r}: {v['key'][0]} step {v['key'][1]} ({v['key'][2]})" for r, v in enumerate(views)
-            )
-            raise RankDisagreementError(f"the ranks saved different checkpoints, none was committed: {saved}")
-        folder = _Folder(store.shard_dir(job.hash, job.step), views[0]["token"]) if job.payload.get("sharded") else None
+        token = self._align(job)
+        folder = _Folder(store.shard_dir(job.hash, job.step), token) if job.payload.get("sharded") else None
         try:
             mine: dict[str, Any] = {"parts": self._write_parts(store, job, folder)}
         except Exception as error:
@@ -180,6 +175,30 @@ class Coordinator:
         if "error" in outcome:
             raise CheckpointError(outcome["error"])
         return outcome["record"]
+
+    def _align(self, job: SaveJob) -> str:
+        """Exchange the job's key until every rank's writer holds the same checkpoint; rank 0's token.
+
+        A rank that skipped a periodic save (``when_busy="skip"``) or failed to copy one is behind
+        the others: a rank holding an older step than another fails that checkpoint and moves on to
+        its next job, and the ranks at the newest step exchange again with it. Different
+        checkpoints at the same step mean the ranks disagree: none is committed.
+        """
+        key = [job.step, job.hash, job.reason]
+        while True:
+            views = self._gather({"key": key, "token": uuid.uuid4().hex[:8]})
+            keys = [view["key"] for view in views]
+            if all(k == key for k in keys):
+                return views[0]["token"]
+            newest = max(k[0] for k in keys)
+            if all(k[0] == newest for k in keys):
+                saved = "; ".join(f"rank {r}: {k[1]} step {k[0]} ({k[2]})" for r, k in enumerate(keys))
+                raise RankDisagreementError(f"the ranks saved different checkpoints, none was committed: {saved}")
+            if key[0] < newest:
+                raise CheckpointError(
+                    f"{job.label} was not taken on every rank (another rank's writer is at step {newest}); "
+                    "not committed"
+                )
 
     def _write_parts(self, store: Store, job: SaveJob, folder: _Folder | None) -> list[dict[str, Any]]:
         parts = []
@@ -266,10 +285,13 @@ class Coordinator:
         """The models' and optimizers' state dicts, and whether they are sharded (FSDP2).
 
         Sharded state is keyed by parameter name (``get_state_dict``), so DCP can load it into
-        another world size; replicated (DDP) state is the plain ``state_dict()``.
+        another world size; replicated (DDP) state is the plain ``state_dict()``, copied on rank 0
+        only, since only rank 0 writes it.
         """
         if any(is_sharded(model) for model in models.values()):
             return (*sharded_state_dicts(models, optimizers), True)
+        if self.rank != 0:
+            return {}, {}, False  # replicated: rank 0 writes it; the others need not copy it
         return {n: m.state_dict() for n, m in models.items()}, {n: o.state_dict() for n, o in optimizers.items()}, False
 
 
@@ -384,7 +406,9 @@ def _load_sharded(
     for name, optimizer in optimizers.items():
         state["optimizers"][name] = get_state_dict(models[owners[name]], optimizer)[1]
     group = coordinator._writes if coordinator is not None else None
-    dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)), process_group=group, no_dist=group is None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # a single process, on purpose
+        dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)), process_group=group, no_dist=group is None)
     for name, model in models.items():
         set_state_dict(model, [], model_state_dict=state["models"][name], optim_state_dict={})
     for name, optimizer in optimizers.items():

@@ -36,7 +36,7 @@ class BufferPool:
         self._used: set[Path] = set()
 
     def copy(self, path: Path, tensor: torch.Tensor) -> torch.Tensor:
-        if getattr(tensor, "device_mesh", None) is not None:
+        if type(tensor) is not torch.Tensor and getattr(tensor, "device_mesh", None) is not None:
             from .distributed import copy_sharded
 
             return copy_sharded(self, path, tensor)

@@ -427,6 +427,8 @@ class CheckpointSystem(Resuming):
 
     def _complete_payload(self, payload: dict[str, Any], pool: BufferPool) -> None:
         for name, watch in self._optimizers.items():
+            if name not in payload["optimizers"]:
+                continue  # replicated state another rank writes
             saved_groups = payload["optimizers"][name]["param_groups"]
             # Groups added since the copy (add_param_group) belong to the next checkpoint.
             live_groups = watch.optimizer.param_groups[: len(saved_groups)]

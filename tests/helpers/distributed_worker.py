@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--freq", type=int, default=5)
     parser.add_argument("--edit-at", type=int, default=7)
     parser.add_argument("--pause-at", type=int)
-    parser.add_argument("--disagree", action="store_true", help="each rank registers its own batch size")
+    parser.add_argument("--disagree", choices=("register", "edit"), help="rank 1 registers or edits differently")
+    parser.add_argument("--keep", type=int, help="retention: keep the latest N checkpoints of each hash")
     parser.add_argument("--resume-hash", help="resume this experiment explicitly instead of resume=True")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -61,10 +62,13 @@ def main() -> None:
     sampler = torch.Generator().manual_seed(1000 + rank)
     torch.manual_seed(2000 + rank)  # dropout masks differ per rank: every rank's RNG must be restored
 
-    system = wle.get_checkpoint_system(args.root, checkpoint_frequency=args.freq, resume=args.resume_hash is None)
+    retention = wle.LatestN(args.keep) if args.keep else None
+    system = wle.get_checkpoint_system(
+        args.root, checkpoint_frequency=args.freq, resume=args.resume_hash is None, retention=retention
+    )
     wle.register_model("model", model)
     wle.register_optimizer("optimizer", optimizer)
-    wle.register_hyperparams("config", {"batch_size": 16 + (rank if args.disagree else 0)})
+    wle.register_hyperparams("config", {"batch_size": 16 + (rank if args.disagree == "register" else 0)})
     wle.register_stateful("sampler", sampler)
     if args.resume_hash:
         system.resume(args.resume_hash)
@@ -79,6 +83,8 @@ def main() -> None:
             optimizer.step()
             if system.step == args.edit_at:
                 optimizer.param_groups[0]["lr"] = 5e-3
+            if args.disagree == "edit" and rank == 1 and system.step == 3:
+                optimizer.param_groups[0]["lr"] = 1e-3
             if args.pause_at is not None and system.step == args.pause_at:
                 system.wait()
             if args.pause_at is not None and system.step == args.pause_at + 3:
