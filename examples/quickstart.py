@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import weightslab_events as wle
-from weightslab_events.tree import load_experiments, render_tree
+from weightslab_events.tree import render_tree
 
 
 class Net(nn.Module):
@@ -99,7 +99,7 @@ def main() -> None:
 
     system.close()
     print("\nexperiment tree:")
-    print(render_tree(load_experiments(args.root)))
+    print(render_tree(wle.open_root(args.root)))
 
 
 if __name__ == "__main__":

@@ -157,11 +157,14 @@ def test_replay_prints_hashes_and_decisions(run, recorded):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["ls", "/no/such/root"], "is not an experiments root"),
+        (["ls", "/no/such/root"], "/no/such/root does not exist"),
+        (["ls", "{root}/logs"], "is not an experiments root"),
         (["show", "{root}", "zzzz"], "no experiment hash starts with 'zzzz'"),
         (["diff", "{root}", "", "x"], "is ambiguous"),
-        (["replay", "/no/such/log.jsonl"], "no event log at"),
-        (["log", "/no/such/root"], "no event log at"),
+        (["replay", "/no/such/log.jsonl"], "/no/such/log.jsonl does not exist"),
+        (["log", "/no/such/root"], "/no/such/root does not exist"),
+        (["log", "{root}/checkpoints"], "no event log at"),
+        (["log", "{root}", "--type", "bogus"], "unknown event type 'bogus'; known types: model_registered"),
     ],
 )
 def test_user_mistakes_are_one_clear_line_and_a_nonzero_exit(recorded, args, message):

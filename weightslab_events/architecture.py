@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["load_architecture", "unwrap_model"]
+__all__ = ["FROZEN_MARK", "architecture_text", "load_architecture", "unwrap_model"]
 
 
 def load_architecture(path: str | Path, *, trusted: bool = False) -> Any:
@@ -41,3 +41,41 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+FROZEN_MARK = "  # frozen"
+
+
+def _frozen(module: nn.Module) -> bool:
+    flags = [p.requires_grad for p in module.parameters()]
+    return bool(flags) and not any(flags)
+
+
+def architecture_text(module: nn.Module) -> str:
+    """``repr(module)`` with ``# frozen`` after each outermost module whose parameters are all frozen.
+
+    The text is the one torch prints (same layout), so it reads as usual; a module class with
+    its own ``__repr__`` is printed by it, unmarked inside.
+    """
+    text = _text(module)
+    return text + FROZEN_MARK if _frozen(module) else text
+
+
+def _text(module: nn.Module) -> str:
+    if type(module).__repr__ is not nn.Module.__repr__:
+        return repr(module)
+    extra = module.extra_repr()
+    extra_lines = extra.split("\n") if extra else []
+    child_lines = []
+    for key, child in module._modules.items():
+        if child is None:
+            continue
+        child_text = architecture_text(child) if not _frozen(module) else _text(child)
+        child_lines.append(f"({key}): " + child_text.replace("\n", "\n  "))
+    lines = extra_lines + child_lines
+    body = ""
+    if len(extra_lines) == 1 and not child_lines:
+        body = extra_lines[0]
+    elif lines:
+        body = "\n  " + "\n  ".join(lines) + "\n"
+    return f"{module._get_name()}({body})"

@@ -1,83 +1,73 @@
-"""The ``weightslab-events`` command: look at an experiments root from a terminal.
+"""The ``weightslab-events`` command: look at an experiments root from a terminal or a script.
 
-Built on click (parsing, help, exit codes) and rich (tables, progress). A user mistake (a wrong
-path, an unknown or ambiguous hash, a broken log) is one clear line on stderr and exit code 1,
-never a traceback.
+Built on click (parsing, help, exit codes), rich (tables, progress) and the public reader
+(:mod:`weightslab_events.reader`), which the web report uses too. Policies:
+
+- A user mistake (a wrong path, an unknown or ambiguous hash, a damaged log a command needs) is
+  one clear line on stderr and exit code 1, never a traceback.
+- A damaged experiment is listed as damaged, with its reason in one line, and never hides the
+  others; only ``verify`` (and a command that cannot do its job) exits non-zero because of it.
+- Output to a pipe or a file is never wrapped or cut (paths and hashes stay whole), and every
+  command has ``--json`` for scripts.
+- Nothing here imports torch: ``ls``, ``show``, ``diff``, ``log``, ``replay`` start in a
+  fraction of a second.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import json
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 
-from .diffing import differences
-from .eventlog import EventLogError, read_events
+from .clirender import EventPrinter, console, errors, ls_table, print_checkpoints, size_text, when
+from .eventlog import EventLogError
 from .events import Event
-from .replay import replay as replay_log
-from .store import Store
-from .tree import Experiment, load_experiments, resolve_hash
-from .wording import cause_in_words
+from .reader import Root, open_root
 
 __all__ = ["main"]
 
-# Piped output (scripts, CI logs) is not cut to 80 columns: a 16-character hash must stay whole.
-console = Console(highlight=False, width=None if Console().is_terminal else 200)
-errors = Console(stderr=True, highlight=False)
+
+class _Failed(click.ClickException):
+    """A command that could not do its job: one line on stderr, exit code 1."""
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors a user can cause into one line and exit code 1."""
+    """Turn every error into one line and exit code 1; an unexpected one says it is a bug."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (FileNotFoundError, KeyError, ValueError, EventLogError, NotADirectoryError) as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            raise click.ClickException(str(message)) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyError as error:
+            raise _Failed(str(error.args[0] if error.args else error)) from None
+        except (LookupError, OSError, ValueError) as error:
+            raise _Failed(" ".join(str(error).split())) from None
+        except Exception as error:  # the promise is: no traceback, ever
+            bug = f"unexpected {type(error).__name__}: {error} (a bug in weightslab-events; please report it)"
+            raise _Failed(bug) from None
 
     return wrapper
 
 
-def _experiments(root: str) -> dict[str, Experiment]:
-    return load_experiments(root)
+def _open(root: str) -> Root:
+    opened = open_root(root)
+    for problem in opened.problems:
+        errors.print(f"warning: {problem}", markup=False, soft_wrap=True)
+    return opened
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
 
 
-def _created(text: str) -> str:
-    try:
-        return _dt.datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return text
-
-
-def cause_words(store: Store, exp: Experiment) -> str:
-    """The fork cause from the difference to the parent, else as the manifest recorded it."""
-    if exp.parent is None:
-        return ""
-    try:
-        diff = differences(store, exp.parent, exp.hash)
-    except (OSError, ValueError):
-        diff = {}
-    words = diff.get("hyperparameters", []) + diff.get("architecture", [])
-    return "; ".join(words) if words else (exp.cause or "")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,108 +78,89 @@ def main() -> None:
 
 @main.command("ls")
 @click.argument("root", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per experiment, for scripts.")
+@json_option
 @user_errors
 def ls(root: str, as_json: bool) -> None:
-    """One row per experiment hash, newest first."""
-    experiments = _experiments(root)
-    store = Store(root)
-    rows = sorted(experiments.values(), key=lambda e: e.created, reverse=True)
+    """One row per experiment hash, newest first (damaged ones say why)."""
+    opened = _open(root)
+    rows = opened.experiments()[::-1]
     if as_json:
-        click.echo(json.dumps([{**e.to_json(), "cause": cause_words(store, e) or None} for e in rows], indent=2))
+        _emit_json([e.to_json() for e in rows])
         return
-    table = Table(title=f"{len(rows)} experiments in {root}")
-    for column in ("hash", "parent", "fork step", "cause", "steps", "ckpts", "size", "created"):
-        table.add_column(column, no_wrap=column != "cause", min_width=16 if column in ("hash", "parent") else None)
-    for e in rows:
-        steps = f"{e.first_step}-{e.last_step}" if e.checkpoints else "-"
-        table.add_row(
-            e.hash,
-            e.parent or "-",
-            "-" if e.fork_step is None else str(e.fork_step),
-            cause_words(store, e) or "-",
-            steps,
-            str(len(e.checkpoints)),
-            _size(e.size),
-            _created(e.created),
-        )
-    console.print(table)
+    console.print(ls_table(rows, f"{len(rows)} experiments in {root}", console))
 
 
 @main.command()
 @click.argument("root", type=click.Path())
 @click.argument("hash")
+@json_option
 @user_errors
-def show(root: str, hash: str) -> None:
-    """An experiment's hyperparameters, architecture, lineage and checkpoints."""
-    experiments = _experiments(root)
-    store = Store(root)
-    exp = experiments[resolve_hash(experiments, hash)]
-    console.print(f"[bold]experiment {exp.hash}[/bold]  created {_created(exp.created)}  size {_size(exp.size)}")
-    console.print("\n[bold]lineage[/bold]")
-    chain, current = [], exp
-    while current is not None:
-        chain.append(current)
-        current = experiments.get(current.parent) if current.parent else None
-    for depth, item in enumerate(reversed(chain)):
-        why = f"  <- {cause_words(store, item)} (at step {item.fork_step})" if item.parent else "  (root)"
-        console.print(f"{'  ' * depth}{item.hash}{why}")
-    console.print("\n[bold]hyperparameters[/bold]")
-    config_path = store.config_path(exp.hash)
-    console.print(config_path.read_text().rstrip() if config_path.is_file() else "(none recorded)")
-    console.print("\n[bold]architecture[/bold]")
-    text_path = store.architecture_path(exp.hash, "txt")
-    console.print(text_path.read_text().rstrip() if text_path.is_file() else "(none recorded)")
-    table = Table(title="checkpoints")
-    for column in ("step", "reason", "size", "sha256", "created", "metrics"):
-        table.add_column(column)
-    for record in exp.checkpoints:
-        metrics = ", ".join(f"{k}={v:g}" for k, v in (record.get("metrics") or {}).items())
-        table.add_row(
-            str(record["step"]),
-            record["reason"],
-            _size(record["size"]),
-            record["sha256"][:12],
-            _created(record["created"]),
-            metrics or "-",
+def show(root: str, hash: str, as_json: bool) -> None:
+    """An experiment's lineage, hyperparameters, architecture, data changes and checkpoints."""
+    opened = _open(root)
+    exp = opened.experiment(hash)
+    lineage = opened.lineage(exp.hash)
+    config = opened.config(exp.hash)
+    architecture = opened.architecture_text(exp.hash)
+    if as_json:
+        _emit_json(
+            {
+                **exp.to_json(),
+                "lineage": [{"hash": e.hash, "fork_step": e.fork_step, "cause": e.cause or None} for e in lineage],
+                "config": config,
+                "architecture": architecture,
+                "data_changes": [c.to_json() for c in exp.data_changes],
+                "checkpoints": [c.to_json() for c in exp.checkpoints],
+            }
         )
-    console.print(table)
+        return
+    console.print(f"[bold]experiment {exp.hash}[/bold]  created {when(exp.created)}  size {size_text(exp.size)}")
+    if exp.damage:
+        console.print(f"[red]damaged:[/red] {exp.damage}", soft_wrap=True)
+    console.print("\n[bold]lineage[/bold]")
+    for depth, item in enumerate(lineage):
+        why = f"  <- {item.cause} (at step {item.fork_step})" if item.parent else "  (root)"
+        console.print(f"{'  ' * depth}{item.hash}{why}", markup=False)
+    console.print("\n[bold]hyperparameters[/bold]")
+    console.print(_yaml(config) if config else "(none recorded)", markup=False)
+    console.print("\n[bold]architecture[/bold]")
+    console.print(architecture.rstrip() if architecture else "(none recorded)", markup=False)
+    console.print("\n[bold]data changes[/bold]")
+    summary = exp.data_summary()
+    if not summary:
+        console.print("(none)")
+    for kind, counts in summary.items():
+        console.print(f"  {kind}: {counts['changes']} announcement(s), {counts['samples']} sample(s)", markup=False)
+    for change in exp.data_changes:
+        console.print(f"    step {change.step}: {change.words}", markup=False)
+    print_checkpoints(exp.checkpoints, console)
+
+
+def _yaml(config: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(config, sort_keys=True).rstrip()
 
 
 @main.command()
 @click.argument("root", type=click.Path())
 @click.argument("a")
 @click.argument("b")
+@json_option
 @user_errors
-def diff(root: str, a: str, b: str) -> None:
+def diff(root: str, a: str, b: str, as_json: bool) -> None:
     """Hyperparameter and architecture differences from experiment A to B."""
-    experiments = _experiments(root)
-    old, new = resolve_hash(experiments, a), resolve_hash(experiments, b)
-    found = differences(Store(root), old, new)
+    opened = _open(root)
+    old, new = opened.resolve(a), opened.resolve(b)
+    found = opened.differences(old, new)
+    if as_json:
+        _emit_json({"from": old, "to": new, **found})
+        return
     console.print(f"from {old} to {new}")
     for section, lines in found.items():
         console.print(f"\n[bold]{section}[/bold]")
         for line in lines or ["(no differences)"]:
-            console.print(f"  {line}")
-
-
-def _summary(event: Event) -> str:
-    data = event.data
-    if event.type == "hash_changed":
-        return f"{data.get('old_hash')} -> {data.get('new_hash')} ({data.get('words')})"
-    if event.type in ("checkpoint_scheduled", "checkpoint_saved", "checkpoint_failed", "checkpoint_skipped"):
-        extra = data.get("error") or data.get("path") or data.get("why") or ""
-        return f"{data.get('reason')} {extra}".strip()
-    if event.type in ("hyperparams_changed", "optimizer_param_changed", "layer_edited", "state_changed"):
-        source = f" [{data['source']}]" if data.get("source") == "scheduler" else ""
-        return cause_in_words(event.type, data) + source
-    keep = {k: v for k, v in data.items() if k not in ("description", "components")}
-    return json.dumps(keep, default=str)[:160]
-
-
-def _print_event(event: Event) -> None:
-    exp = (event.exp or "-")[:8]
-    console.print(f"{event.seq:>6} step {event.step:>6}  {exp:8}  {event.type:24} {_summary(event)}", markup=False)
+            console.print(f"  {line}", markup=False)
 
 
 @main.command()
@@ -197,22 +168,46 @@ def _print_event(event: Event) -> None:
 @click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
 @click.option("--hash", "hash_prefix", help="Only events of experiments whose hash starts with this.")
 @click.option("--follow", "-f", is_flag=True, help="Keep watching the log of a running training.")
+@json_option
 @user_errors
-def log(root: str, types: tuple[str, ...], hash_prefix: str | None, follow: bool) -> None:
-    """The event log, optionally filtered."""
-    path = Store(root).log_path
-    if not path.is_file():
-        raise FileNotFoundError(f"no event log at {path}")
+def log(root: str, types: tuple[str, ...], hash_prefix: str | None, follow: bool, as_json: bool) -> None:
+    """The event log, optionally filtered (--json: one JSON object per line)."""
+    from .eventlog import iter_events
+    from .signals import NAMES
+
+    unknown = [t for t in types if t not in NAMES]
+    if unknown:
+        raise _Failed(f"unknown event type {unknown[0]!r}; known types: {', '.join(NAMES)}")
+    path = _log_path(root)
 
     def wanted(event: Event) -> bool:
         return (not types or event.type in types) and (not hash_prefix or (event.exp or "").startswith(hash_prefix))
 
-    if not follow:
-        for event in read_events(path):
-            if wanted(event):
-                _print_event(event)
+    printer = EventPrinter(console, as_json=as_json)
+    if follow:
+        _follow(path, wanted, printer)
         return
-    with open(path, encoding="utf-8") as file:
+    try:
+        for event in iter_events(path):
+            printer.feed(event, show=wanted(event))
+    except EventLogError as error:
+        raise _Failed(f"{error} (the events before it are shown)") from None
+
+
+def _log_path(root: str) -> Path:
+    given = Path(root)
+    if not given.exists():
+        raise FileNotFoundError(f"{given} does not exist")
+    path = given if given.is_file() else given / "logs" / "events.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no event log at {path} (does not exist)")
+    return path
+
+
+def _follow(path: Path, wanted: Callable[[Event], bool], printer: EventPrinter) -> None:
+    import time
+
+    with open(path, encoding="utf-8", errors="replace") as file:
         buffer = ""
         while True:
             chunk = file.readline()
@@ -225,94 +220,113 @@ def log(root: str, types: tuple[str, ...], hash_prefix: str | None, follow: bool
             line, buffer = buffer, ""
             try:
                 event = Event.from_json(line)
-            except ValueError:
+            except (ValueError, TypeError, KeyError):
                 continue
-            if wanted(event):
-                _print_event(event)
-                console.file.flush()
+            printer.feed(event, show=wanted(event))
+            sys.stdout.flush()
 
 
 @main.command()
 @click.argument("root", type=click.Path())
+@json_option
 @user_errors
-def verify(root: str) -> None:
-    """Check every checkpoint's checksum; exit 1 naming each bad file."""
-    experiments = _experiments(root)
-    store = Store(root)
-    total = sum(len(e.checkpoints) for e in experiments.values())
+def verify(root: str, as_json: bool) -> None:
+    """Check every file of every experiment (checksums, manifests, links); exit 1 naming each bad one."""
+    from rich.progress import Progress
+
+    from .verifying import check_root
+
+    opened = _open(root)
+    store = opened.store
     faults = []
-    with Progress(console=errors, transient=True) as progress:
-        task = progress.add_task("verifying", total=total)
-        for _hash, _record, fault in store.verify(list(experiments)):
+    checked = 0
+    with Progress(console=errors, transient=True, disable=not errors.is_terminal) as progress:
+        task = progress.add_task("verifying", total=len(opened) + 1)
+        for _name, found in check_root(store):
+            faults.extend(found)
+            checked += 1
             progress.advance(task)
-            if fault is not None:
-                faults.append(fault)
-    for fault in faults:
-        errors.print(f"BAD {fault.file}: {fault.problem}", markup=False)
-    console.print(f"{total - len(faults)} of {total} checkpoints verified")
+    checkpoints = sum(len(e.checkpoints) for e in opened)
+    bad_checkpoints = sum(1 for f in faults if f.file.name.endswith(".pt"))
+    if as_json:
+        listing = [{"hash": f.hash, "file": _relative(store.root, f.file), "problem": f.problem} for f in faults]
+        _emit_json({"checkpoints": checkpoints, "verified": checkpoints - bad_checkpoints, "faults": listing})
+    else:
+        for fault in faults:
+            errors.print(f"BAD {_relative(store.root, fault.file)}: {fault.problem}", markup=False, soft_wrap=True)
+        console.print(
+            f"{checkpoints - bad_checkpoints} of {checkpoints} checkpoints verified; "
+            f"{len(faults)} damaged file(s) in {checked - 1} experiment folder(s)"
+        )
     if faults:
         raise SystemExit(1)
 
 
+def _relative(root: Path, path: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 @main.command()
 @click.argument("root", type=click.Path())
-@click.option("--keep-last", type=int, help="Keep the newest N checkpoints of each hash.")
-@click.option("--every", type=int, help="Keep checkpoints whose step is a multiple of N.")
+@click.option("--keep-last", type=click.IntRange(min=1), help="Keep the newest N checkpoints of each hash.")
+@click.option("--every", type=click.IntRange(min=1), help="Keep checkpoints whose step is a multiple of N.")
 @click.option("--best", help="Keep the best by a metric: NAME, NAME:min or NAME:max.")
-@click.option("--best-n", type=int, default=1, show_default=True, help="How many best to keep.")
+@click.option("--best-n", type=click.IntRange(min=1), default=1, show_default=True, help="How many best to keep.")
 @click.option("--dry-run", is_flag=True, help="Print what would be deleted, delete nothing.")
+@json_option
 @user_errors
-def gc(root: str, keep_last: int | None, every: int | None, best: str | None, best_n: int, dry_run: bool) -> None:
+def gc(
+    root: str, keep_last: int | None, every: int | None, best: str | None, best_n: int, dry_run: bool, as_json: bool
+) -> None:
     """Delete checkpoints a retention policy does not keep (never the newest or fork ones)."""
-    from .handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy, plan_deletions
+    from .collecting import collect, policy_of
 
-    policies: list[RetentionPolicy] = []
-    if keep_last:
-        policies.append(LatestN(keep_last))
-    if every:
-        policies.append(EveryNSteps(every))
-    if best:
-        name, _, mode = best.partition(":")
-        policies.append(BestN(best_n, name, mode or "min"))
-    if not policies:
-        raise click.UsageError("give at least one of --keep-last, --every, --best")
-    policy = policies[0]
-    for extra in policies[1:]:
-        policy = policy | extra
-    experiments = _experiments(root)
-    store = Store(root)
-    freed, count = 0, 0
-    with Progress(console=errors, transient=True) as progress:
-        task = progress.add_task("collecting", total=len(experiments))
-        for hash in experiments:
-            for record in plan_deletions(store, hash, policy):
-                count += 1
-                freed += record["size"]
-                verb = "would delete" if dry_run else "deleted"
-                if not dry_run:
-                    store.delete(hash, record["file"])
-                console.print(
-                    f"{verb} {hash}/{record['file']} (step {record['step']}, {record['reason']})", markup=False
-                )
-            progress.advance(task)
-    verb = "would free" if dry_run else "freed"
-    console.print(f"{count} checkpoints, {verb} {_size(freed)} ({policy!r})")
+    policy = policy_of(keep_last, every, best, best_n)
+    if policy is None:
+        raise click.UsageError(
+            "give at least one of --keep-last N, --every N, --best METRIC: gc has no default policy "
+            "and deletes nothing unless told what to keep"
+        )
+    opened = _open(root)
+    result = collect(opened, policy, dry_run=dry_run)
+    if as_json:
+        _emit_json(result.to_json())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for item in result.deleted:
+        console.print(f"{verb} {item['path']} (step {item['step']}, {item['reason']})", markup=False, soft_wrap=True)
+    for hash, why in result.skipped:
+        errors.print(f"skipped {hash}: {why}", markup=False, soft_wrap=True)
+    freed = "would free" if dry_run else "freed"
+    console.print(f"{len(result.deleted)} checkpoints, {freed} {size_text(result.freed)} ({policy!r})", markup=False)
 
 
 @main.command("replay")
-@click.argument("log_path", metavar="LOG", type=click.Path())
+@click.argument("source", metavar="ROOT_OR_LOG", type=click.Path())
+@json_option
 @user_errors
-def replay_command(log_path: str) -> None:
-    """The hash sequence and checkpoint decisions a log produces."""
-    if not Path(log_path).is_file():
-        raise FileNotFoundError(f"no event log at {log_path}")
-    result = replay_log(log_path)
+def replay_command(source: str, as_json: bool) -> None:
+    """The hash sequence and checkpoint decisions a log (or a root's log) produces."""
+    from .replay import replay as replay_log
+
+    result = replay_log(_log_path(source))
+    if as_json:
+        _emit_json(
+            {
+                "hash_changes": [{"old": o, "new": n, "cause": c} for o, n, c in result.hash_changes],
+                "checkpoints": [{"hash": h, "step": s, "reason": r} for h, s, r in result.checkpoints],
+            }
+        )
+        return
     console.print("[bold]hashes[/bold]")
     for old, new, cause in result.hash_changes:
-        console.print(f"  {old or '-'} -> {new}  ({cause})")
+        console.print(f"  {old or '-'} -> {new}  ({cause})", markup=False)
     console.print("[bold]checkpoint decisions[/bold]")
     for hash, step, reason in result.checkpoints:
-        console.print(f"  {hash} step {step:>6}  {reason}")
+        console.print(f"  {hash} step {step:>6}  {reason}", markup=False)
 
 
 @main.command()
@@ -323,8 +337,6 @@ def report(root: str, output: str) -> None:
     """Write a self-contained HTML report of the experiment tree."""
     from .report import build_report
 
-    with Progress(console=errors, transient=True) as progress:
-        task = progress.add_task("building the report", total=None)
-        path = build_report(root, output)
-        progress.update(task, completed=1, total=1)
-    console.print(f"wrote {path}")
+    opened = _open(root)
+    path = build_report(opened, output)
+    console.print(f"wrote {path}", markup=False, soft_wrap=True)

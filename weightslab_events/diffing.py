@@ -6,59 +6,17 @@ scheduler settings) and ``model/{hash}_architecture.json`` (the canonical archit
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from .store import Store
-from .wording import settings_changes, value_text
+from .wording import leaves, setting_labels, settings_changes, value_text
 
-__all__ = ["architecture_of", "config_of", "differences", "hyperparameter_differences", "architecture_differences"]
-
-
-def config_of(store: Store, hash: str) -> dict[str, Any]:
-    import yaml
-
-    path = store.config_path(hash)
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def architecture_of(store: Store, hash: str) -> dict[str, Any]:
-    path = store.architecture_path(hash, "json")
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _leaves(value: Any, path: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        found: dict[str, Any] = {}
-        for key, sub in value.items():
-            found.update(_leaves(sub, f"{path}.{key}" if path else str(key)))
-        return found
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        found = {}
-        for index, sub in enumerate(value):
-            found.update(_leaves(sub, f"{path}[{index}]"))
-        return found
-    return {path: value}
-
-
-def _readable(path: str) -> str:
-    """``optimizer:optimizer.groups[0].lr`` -> ``lr``; ``hyperparams:config.values.aug.flip`` -> ``aug.flip``."""
-    component, _, rest = path.partition(".")
-    kind = component.split(":", 1)[0]
-    if kind == "hyperparams" and rest.startswith("values."):
-        return rest[len("values.") :]
-    if kind == "optimizer" and rest.startswith("groups["):
-        index, _, key = rest[len("groups[") :].partition("].")
-        return key if index == "0" else f"group {index} {key}"
-    if kind == "scheduler" and rest.startswith("settings."):
-        return f"scheduler {rest[len('settings.') :]}"
-    return path
+__all__ = ["architecture_differences", "hyperparameter_differences"]
 
 
 def hyperparameter_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    before, after = _leaves(old), _leaves(new)
+    """Each setting that differs, named by its shortest unambiguous label (``lr`` or ``config.lr``)."""
+    before, after = leaves(old), leaves(new)
+    label = setting_labels({*before, *after})
     lines = []
     for path in list(before) + [p for p in after if p not in before]:
         if before.get(path) == after.get(path):
@@ -66,11 +24,11 @@ def hyperparameter_differences(old: dict[str, Any], new: dict[str, Any]) -> list
         if path.endswith(".type"):
             lines.append(f"{path.split('.')[0]} {value_text(before.get(path))} -> {value_text(after.get(path))}")
         elif path not in after:
-            lines.append(f"removed {_readable(path)} (was {value_text(before[path])})")
+            lines.append(f"removed {label[path]} (was {value_text(before[path])})")
         elif path not in before:
-            lines.append(f"added {_readable(path)} = {value_text(after[path])}")
+            lines.append(f"added {label[path]} = {value_text(after[path])}")
         else:
-            lines.append(f"{_readable(path)} {value_text(before[path])} -> {value_text(after[path])}")
+            lines.append(f"{label[path]} {value_text(before[path])} -> {value_text(after[path])}")
     return lines
 
 
@@ -122,11 +80,3 @@ def architecture_differences(old: dict[str, Any], new: dict[str, Any]) -> list[s
             else:
                 lines.extend(_module_words(path, before[path], after[path]))
     return lines
-
-
-def differences(store: Store, old_hash: str, new_hash: str) -> dict[str, list[str]]:
-    """``{"hyperparameters": [...], "architecture": [...]}`` from ``old_hash`` to ``new_hash``."""
-    return {
-        "hyperparameters": hyperparameter_differences(config_of(store, old_hash), config_of(store, new_hash)),
-        "architecture": architecture_differences(architecture_of(store, old_hash), architecture_of(store, new_hash)),
-    }

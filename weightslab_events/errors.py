@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousHashError",
     "ArchitectureMismatchError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "ExperimentNotFoundError",
     "InvalidNameError",
+    "ManifestError",
     "NotDescribableError",
     "RankDisagreementError",
+    "RootNotFoundError",
     "SystemOptionsError",
     "UnsaveableStateError",
 ]
@@ -52,3 +56,24 @@ class UnsaveableStateError(TypeError):
 
 class RankDisagreementError(RuntimeError):
     """The ranks of a distributed job disagree on the experiment; raised on every rank, naming what differs."""
+
+
+class ManifestError(ValueError):
+    """An experiment's ``manifest.yaml`` cannot be trusted; ``path`` and ``problem`` say why."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"manifest {path} is damaged: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class ExperimentNotFoundError(CheckpointNotFoundError):
+    """No experiment of a root has a hash starting with the given prefix."""
+
+
+class AmbiguousHashError(LookupError):
+    """More than one experiment hash starts with the given prefix; the message lists them."""
+
+
+class RootNotFoundError(FileNotFoundError):
+    """The path given as an experiments root does not exist or holds no ``checkpoints/`` folder."""

@@ -23,13 +23,14 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .callables import describe_callable
 from .errors import NotDescribableError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is met: replay and the command line hash without it
+    import torch
+    from torch import nn
 
 __all__ = [
     "RUNTIME_GROUP_KEYS",
@@ -114,15 +115,16 @@ class _Describer:
             return [self.describe(v, f"{key}[{i}]", depth) for i, v in enumerate(value)]
         if isinstance(value, (set, frozenset)):
             return sorted((self.describe(v, key, depth) for v in value), key=canonical_json)
-        if isinstance(value, torch.Tensor):
+        torch = sys.modules.get("torch")  # no tensor, dtype or module exists before torch is imported
+        if torch is not None and isinstance(value, torch.Tensor):
             if value.numel() == 1 and not value.is_meta:
                 return self.describe(value.item(), key, depth)
             return {"!array": tensor_digest(value)}
         if _is_numpy_array(value):
             return {"!array": array_digest(value)}
-        if isinstance(value, (torch.dtype, torch.device)):
+        if torch is not None and isinstance(value, (torch.dtype, torch.device)):
             return str(value)
-        if isinstance(value, nn.Module):
+        if torch is not None and isinstance(value, torch.nn.Module):
             return repr(value)
         if callable(value):
             return {"!callable": describe_callable(value, key, lambda v, k: self.describe(v, k, depth))}
@@ -180,7 +182,9 @@ def _is_numpy_array(value: Any) -> bool:
 def tensor_digest(tensor: torch.Tensor) -> dict[str, Any]:
     """A tensor's dtype, shape and SHA-256 (16 hex characters) of its contents."""
     spec: dict[str, Any] = {"dtype": str(tensor.dtype), "shape": list(tensor.shape)}
-    if tensor.is_meta or isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+    import torch
+
+    if tensor.is_meta or isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin):
         return spec
     data = tensor.detach().to("cpu").contiguous().reshape(-1)
     spec["sha256"] = hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
@@ -227,7 +231,9 @@ def _type_name(obj: Any) -> str:
 def _tensor_spec(tensor: torch.Tensor | None, trainable: bool | None = None) -> dict[str, Any]:
     if tensor is None:
         return {"shape": None}
-    if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+    from torch.nn.parameter import UninitializedTensorMixin
+
+    if isinstance(tensor, UninitializedTensorMixin):
         spec: dict[str, Any] = {"shape": "uninitialized", "dtype": str(tensor.dtype)}
     else:
         spec = {"shape": list(tensor.shape), "dtype": str(tensor.dtype)}
@@ -298,6 +304,8 @@ def describe_scheduler(scheduler: Any) -> dict[str, Any]:
     are not in its ``state_dict()``, so they are read from the object and described by what they
     compute: two warmup lambdas with other constants are two experiments.
     """
+    from torch.optim import Optimizer
+
     state = scheduler.state_dict() if hasattr(scheduler, "state_dict") else {}
     settings = {
         k: v
@@ -308,7 +316,7 @@ def describe_scheduler(scheduler: Any) -> dict[str, Any]:
         if attribute.startswith("_") or attribute == "optimizer":
             continue
         functions = value if isinstance(value, (list, tuple)) else [value]
-        if functions and all(callable(f) and not isinstance(f, (torch.optim.Optimizer, type)) for f in functions):
+        if functions and all(callable(f) and not isinstance(f, (Optimizer, type)) for f in functions):
             settings[attribute] = value
     return {"kind": "scheduler", "type": _type_name(scheduler), "settings": canonical(settings, "scheduler")}
 

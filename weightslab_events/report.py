@@ -1,10 +1,11 @@
 """A self-contained HTML report of an experiments root: one file, no server, no network.
 
-The data (lineage, checkpoints, differences from the parent, hyperparameters, metric curves) is
-embedded as JSON; a small inline script draws the tree, the step axis and the curves as SVG, so
-the page opens from disk anywhere. It stays readable with a hundred hashes: a chain of single
-forks stays at one indent level, a filter box narrows the tree, and the details of one hash show
-at a time.
+The data (lineage, checkpoints, differences from the parent, hyperparameters, data changes,
+metric curves) comes from the public reader and is embedded as JSON; a small inline script
+draws the tree, the step axis and the curves as SVG, so the page opens from disk anywhere. It
+stays readable with a hundred hashes: a chain of single forks stays at one indent level, a
+filter box narrows the tree, and the details of one hash show at a time. A damaged experiment
+is listed with its reason (``damaged``) and costs nothing but itself.
 """
 
 from __future__ import annotations
@@ -16,59 +17,45 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .diffing import config_of, differences
-from .eventlog import EventLogError, iter_events
-from .store import Store
-from .tree import load_experiments
+from .reader import Root, open_root
 
 __all__ = ["build_report", "report_data"]
 
 
-def _metrics(store: Store) -> dict[str, dict[str, list[list[float]]]]:
-    curves: dict[str, dict[str, list[list[float]]]] = {}
-    if not store.log_path.is_file():
-        return curves
-    try:
-        for event in iter_events(store.log_path):
-            if event.type == "metric" and event.exp:
-                curve = curves.setdefault(event.exp, {}).setdefault(str(event.data["name"]), [])
-                curve.append([event.step, float(event.data["value"])])
-    except EventLogError:
-        pass  # a damaged log only costs the curves, never the report
-    return curves
-
-
-def report_data(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data."""
-    store = Store(Path(root))
-    experiments = load_experiments(root)
+def report_data(root: Root | str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (fields are only ever added, never renamed)."""
+    opened = root if isinstance(root, Root) else open_root(root)
+    hashes = {e.hash for e in opened}
     items = []
-    for exp in experiments.values():
-        diff = differences(store, exp.parent, exp.hash) if exp.parent in experiments else {}
+    for exp in opened:
+        sound_pair = exp.parent in hashes and not exp.damaged
         items.append(
             {
                 **exp.to_json(),
-                "children": exp.children,
                 "checkpoints": [
-                    {k: r.get(k) for k in ("step", "reason", "size", "created", "metrics")} for r in exp.checkpoints
+                    {k: v for k, v in c.to_json().items() if k in ("step", "reason", "size", "created", "metrics")}
+                    for c in exp.checkpoints
                 ],
-                "diff": diff,
-                "config": config_of(store, exp.hash),
-                "recorded_cause": exp.cause,
+                "diff": opened.differences(exp.parent, exp.hash) if sound_pair and exp.parent else {},
+                "config": opened.config(exp.hash),
+                "data_changes": [c.to_json() for c in exp.data_changes],
+                "data_summary": exp.data_summary(),
             }
         )
     items.sort(key=lambda e: e["created"])
     return {
-        "root": str(Path(root).resolve()),
+        "root": str(opened.path.resolve()),
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "experiments": items,
-        "metrics": _metrics(store),
+        "metrics": {e.hash: opened.metrics(e.hash) for e in opened if opened.metrics(e.hash)},
+        "problems": opened.problems,
     }
 
 
-def build_report(root: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
-    data = json.dumps(report_data(root), default=str).replace("</", "<\\/")
-    title = html.escape(f"weightslab-events: {Path(root).resolve().name}")
+def build_report(root: Root | str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    opened = root if isinstance(root, Root) else open_root(root)
+    data = json.dumps(report_data(opened), default=str).replace("</", "<\\/")
+    title = html.escape(f"weightslab-events: {opened.path.resolve().name}")
     template = (Path(__file__).parent / "report_template.html").read_text(encoding="utf-8")
     page = template.replace("__TITLE__", title).replace("__DATA__", data)
     path = Path(output)

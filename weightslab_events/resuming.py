@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, ManifestError
 from .fingerprint import canonical, from_canonical
+from .reader import resolve_prefix
 from .restore import check_architecture, restore_stateful
 from .snapshot import restore_rng
 from .store import Fault
@@ -64,6 +65,10 @@ class Resuming:
                 faults.append(str(fault))
         return faults
 
+    def _report_damaged_manifest(self, hash: str, error: Exception) -> None:
+        problem = error.problem if isinstance(error, ManifestError) else f"cannot be read: {error}"
+        self._report_corrupt(hash, Fault(hash, self.store.manifest_path(hash), problem))
+
     def _report_corrupt(self, hash: str, fault: Fault) -> None:
         log.error("checkpoint %s is not usable: %s", fault.file, fault.problem)
         self.bus.emit("checkpoint_corrupted", hash=hash, file=str(fault.file), problem=fault.problem)
@@ -71,14 +76,21 @@ class Resuming:
     def resume(self, hash: str | None = None, step: int | None = None) -> int:
         """Restore the newest good checkpoint of ``hash`` (default: the current one); returns its step.
 
-        A corrupt checkpoint is reported and skipped for the previous good one; never silently.
+        ``hash`` may be any unique prefix, as on the command line. A corrupt checkpoint is
+        reported and skipped for the previous good one; never silently. A damaged manifest is
+        reported (``checkpoint_corrupted``) and raises :class:`CheckpointNotFoundError`.
         """
         hash = hash or self.experiment_hash
         if hash is None:
             raise CheckpointNotFoundError("nothing is registered yet, so there is no experiment to resume")
         if not self.store.has_experiment(hash):
-            raise CheckpointNotFoundError(f"no experiment {hash!r} under {self.store.checkpoints_dir}")
-        records = [r for r in reversed(self.store.records(hash)) if step is None or r["step"] == step]
+            hash = resolve_prefix(self.store.hashes(), hash)
+        try:
+            stored = self.store.records(hash)
+        except (ManifestError, OSError) as error:
+            self._report_damaged_manifest(hash, error)
+            raise CheckpointNotFoundError(f"experiment {hash} cannot be resumed: {error}") from None
+        records = [r for r in reversed(stored) if step is None or r["step"] == step]
         for record in records:
             fault = self.store.check(hash, record)
             path = self.store.file_of(hash, record)
@@ -187,7 +199,11 @@ class Resuming:
         if not self._auto_resume or self.experiment_hash is None:
             return
         hash = self.experiment_hash
-        if not self.store.has_experiment(hash) or not self.store.records(hash):
+        try:
+            if not self.store.has_experiment(hash) or not self.store.records(hash):
+                return
+        except (ManifestError, OSError) as error:  # a damaged experiment is skipped, and said so
+            self._report_damaged_manifest(hash, error)
             return
         try:
             step = self.resume(hash)

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,18 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 import yaml
 
-from .errors import InvalidNameError
+from .errors import InvalidNameError, ManifestError
+from .manifests import FORMAT_VERSION, manifest_text, parse_manifest
 from .names import validate_name
 
 __all__ = ["FileSystem", "Fault", "Store", "TEMP_MARK", "now_iso"]
 
 TEMP_MARK = ".tmp-"
-FORMAT_VERSION = 1
 #: The one hidden file name a part may have: DCP's metadata file in a sharded checkpoint's folder.
 DCP_METADATA = ".metadata"
+# torch is imported where a tensor file is written or read, not at import: the command line
+# reads roots without it (start-up time).
 
 
 def now_iso() -> str:
@@ -197,32 +199,33 @@ class Store:
     # -- manifests --------------------------------------------------------------------------
 
     def hashes(self) -> list[str]:
+        """Experiment folders: valid names, real folders (a symlink is never followed), with a manifest."""
         if not self.checkpoints_dir.is_dir():
             return []
-        return sorted(p.name for p in self.checkpoints_dir.iterdir() if (p / "manifest.yaml").is_file())
+        return sorted(
+            p.name
+            for p in self.checkpoints_dir.iterdir()
+            if _valid(p.name) and not p.is_symlink() and (p / "manifest.yaml").is_file()
+        )
 
     def has_experiment(self, hash: str) -> bool:
         return self.manifest_path(hash).is_file()
 
     def manifest(self, hash: str) -> dict[str, Any]:
+        """The validated manifest; :class:`ManifestError` names the file and the problem."""
         path = self.manifest_path(hash)
         try:
-            with open(path, encoding="utf-8") as file:
-                data = yaml.safe_load(file)
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"no experiment {hash!r} under {self.checkpoints_dir} ({path} is missing)"
             ) from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"manifest {path} is not valid YAML: {error}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"manifest {path} does not hold a mapping")
-        data.setdefault("checkpoints", [])
-        return data
+        except UnicodeDecodeError:
+            raise ManifestError(path, "it is not UTF-8 text") from None
+        return parse_manifest(path, text)
 
     def _write_manifest(self, hash: str, manifest: dict[str, Any]) -> None:
-        text = yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
-        self.write_text_atomic(self.manifest_path(hash), text)
+        self.write_text_atomic(self.manifest_path(hash), manifest_text(manifest))
 
     def prepare(self, hash: str, info: dict[str, Any]) -> None:
         """Create an experiment's folder, config and architecture files, once per hash.
@@ -233,18 +236,27 @@ class Store:
         with self._lock:
             if self.has_experiment(hash):
                 return
+            import torch
+
             exp = self.exp_dir(hash)
             for sub in ("model", "hp", "data"):
                 self.fs.makedirs(exp / sub)
+            written: dict[str, Any] = {}
+
+            def write(path: Path, save: Callable[[Any], None]) -> None:
+                size, digest = self.write_atomic(path, save)
+                written[path.relative_to(exp).as_posix()] = {"size": size, "sha256": digest}
+
             config = yaml.safe_dump(info.get("config", {}), sort_keys=True)
-            self.write_text_atomic(self.config_path(hash), config)
+            write(self.config_path(hash), lambda f: f.write(config.encode()))
             if info.get("architecture_text") is not None:
-                self.write_text_atomic(self.architecture_path(hash, "txt"), info["architecture_text"])
+                text = info["architecture_text"]
+                write(self.architecture_path(hash, "txt"), lambda f: f.write(text.encode()))
             if info.get("description") is not None:
-                text = json.dumps(info["description"], sort_keys=True, indent=1)
-                self.write_text_atomic(self.architecture_path(hash, "json"), text)
+                text_json = json.dumps(info["description"], sort_keys=True, indent=1)
+                write(self.architecture_path(hash, "json"), lambda f: f.write(text_json.encode()))
             if info.get("architecture") is not None:
-                self.write_atomic(self.architecture_path(hash, "pkl"), lambda f: torch.save(info["architecture"], f))
+                write(self.architecture_path(hash, "pkl"), lambda f: torch.save(info["architecture"], f))
             self._write_manifest(
                 hash,
                 {
@@ -254,6 +266,7 @@ class Store:
                     "fork_step": info.get("fork_step"),
                     "fork_cause": info.get("cause"),
                     "created": now_iso(),
+                    "files": written,
                     "checkpoints": [],
                 },
             )
@@ -271,6 +284,8 @@ class Store:
 
         ``extra`` adds fields to the record (a multi-rank checkpoint's ``parts``, already durable).
         """
+        import torch
+
         path = self.checkpoint_path(hash, step)
         size, digest = self.write_atomic(path, lambda f: torch.save(payload, f))
         record = {
@@ -292,18 +307,47 @@ class Store:
         return record
 
     def delete(self, hash: str, file: str) -> None:
-        """Remove one checkpoint: out of the manifest first, then off the disk."""
+        """Remove one checkpoint: out of the manifest first, then off the disk.
+
+        Only a regular file that the manifest lists, directly inside ``checkpoints/<hash>/model/``
+        of this root, is ever removed (with the parts its record lists): a symlink (of the file,
+        its folder or the experiment folder) is refused, so no deletion reaches outside the root.
+        """
+        path = self.exp_dir(hash) / "model" / validate_name(file, "checkpoint file")
+        problem = self.outside_problem(path)
+        if problem is not None:
+            raise PermissionError(f"refusing to delete {path}: {problem}")
         with self._lock:
             manifest = self.manifest(hash)
-            doomed = [r for r in manifest["checkpoints"] if r.get("file") == file]
-            manifest["checkpoints"] = [r for r in manifest["checkpoints"] if r.get("file") != file]
+            doomed = [r for r in manifest["checkpoints"] if r["file"] == file]
+            if not doomed:  # not listed (another process deleted it first): touch nothing
+                return
+            manifest["checkpoints"] = [r for r in manifest["checkpoints"] if r["file"] != file]
             self._write_manifest(hash, manifest)
-        (self.exp_dir(hash) / "model" / validate_name(file, "checkpoint file")).unlink(missing_ok=True)
+        if path.exists() and stat.S_ISREG(path.lstat().st_mode):
+            path.unlink()
         for record in doomed:
             for part in record.get("parts", ()):
-                self.part_path(hash, part["file"]).unlink(missing_ok=True)
-            if record.get("sharded"):
-                shutil.rmtree(self.shard_dir(hash, record["step"]), ignore_errors=True)
+                part_path = self.part_path(hash, part["file"])
+                if self.outside_problem(part_path) is None:
+                    part_path.unlink(missing_ok=True)
+            shard = self.shard_dir(hash, record["step"])
+            if record.get("sharded") and self.outside_problem(shard) is None:
+                shutil.rmtree(shard, ignore_errors=True)
+
+    def outside_problem(self, path: Path) -> str | None:
+        """Why ``path`` (under ``checkpoints/``) is not plainly inside this root, or ``None``.
+
+        Every part below the root must be a real folder or file, not a symbolic link, so that a
+        reader or a deletion never follows a link out of the root.
+        """
+        relative = path.relative_to(self.root)
+        current = self.root
+        for part in relative.parts:
+            current = current / part
+            if current.is_symlink():
+                return f"{current} is a symbolic link (not followed)"
+        return None
 
     # -- reading and verifying ----------------------------------------------------------------
 
@@ -339,7 +383,18 @@ class Store:
 
     def load(self, path: Path) -> dict[str, Any]:
         """Load a checkpoint file with ``weights_only=True``: it never unpickles code."""
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def size_on_disk(self, hash: str) -> int:
-        return sum(p.stat().st_size for p in self.exp_dir(hash).rglob("*") if p.is_file())
+        """Bytes of the regular files in an experiment's folder (symlinks are not followed)."""
+        return sum(p.lstat().st_size for p in self.exp_dir(hash).rglob("*") if stat.S_ISREG(p.lstat().st_mode))
+
+
+def _valid(name: str) -> bool:
+    try:
+        validate_name(name)
+    except InvalidNameError:
+        return False
+    return True

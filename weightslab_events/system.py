@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .architecture import architecture_text
 from .bus import Bus
 from .errors import CheckpointError
 from .fingerprint import canonical, describe_scheduler
@@ -455,7 +456,7 @@ class CheckpointSystem(Resuming):
             "description": {k: v for k, v in components.items() if k.startswith("model:")},
             "architecture": {n: meta for n, w in self._models.items() if (meta := _meta_copy(w.model)) is not None}
             or None,
-            "architecture_text": "\n\n".join(f"# {n}\n{w.model}" for n, w in self._models.items()),
+            "architecture_text": "\n\n".join(f"# {n}\n{architecture_text(w.model)}" for n, w in self._models.items()),
         }
 
     def _report_capture_failure(self, decision: Decision, error: Exception) -> None:

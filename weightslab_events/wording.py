@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cause_in_words", "settings_changes", "settings_of", "value_text"]
+__all__ = ["cause_in_words", "leaves", "setting_labels", "settings_changes", "settings_of", "value_text"]
 
 _SETTING = re.compile(r"(\w+)=((?:\([^)]*\))|[^,]+)")
 
@@ -32,6 +32,55 @@ def settings_changes(old: str | None, new: str | None) -> list[str]:
         for key in list(before) + [k for k in after if k not in before]
         if before.get(key) != after.get(key)
     ]
+
+
+def leaves(value: Any, path: str = "") -> dict[str, Any]:
+    """Every leaf of a config as ``{"optimizer:optimizer.groups[0].lr": 0.1, ...}``."""
+    if isinstance(value, Mapping):
+        found: dict[str, Any] = {}
+        for key, sub in value.items():
+            found.update(leaves(sub, f"{path}.{key}" if path else str(key)))
+        return found
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        found = {}
+        for index, sub in enumerate(value):
+            found.update(leaves(sub, f"{path}[{index}]"))
+        return found
+    return {path: value}
+
+
+def _short_and_qualified(path: str) -> tuple[str, str]:
+    """``optimizer:optimizer.groups[0].lr`` -> ``("lr", "optimizer.lr")``.
+
+    ``hyperparams:config.values.aug.flip`` -> ``("aug.flip", "config.aug.flip")``; a scheduler
+    setting keeps the word ``scheduler`` in its short form.
+    """
+    component, _, rest = path.partition(".")
+    kind, _, name = component.partition(":")
+    short = rest
+    if kind == "hyperparams" and rest.startswith("values."):
+        short = rest[len("values.") :]
+    elif kind == "optimizer" and rest.startswith("groups["):
+        index, _, key = rest[len("groups[") :].partition("].")
+        short = key if index == "0" else f"groups[{index}].{key}"
+    elif kind == "scheduler" and rest.startswith("settings."):
+        return f"scheduler {rest[len('settings.') :]}", f"{name or kind}.{rest[len('settings.') :]}"
+    else:
+        return path, path
+    return short, f"{name or kind}.{short}"
+
+
+def setting_labels(paths: Any) -> dict[str, str]:
+    """Each setting path's shortest unambiguous label.
+
+    ``lr`` when one setting is called that; ``config.lr`` and ``optimizer.lr`` when the
+    registered config and the optimizer both have one, as the report's tables name them.
+    """
+    forms = {path: _short_and_qualified(path) for path in paths}
+    counts: dict[str, int] = {}
+    for short, _ in forms.values():
+        counts[short] = counts.get(short, 0) + 1
+    return {path: short if counts[short] == 1 else qualified for path, (short, qualified) in forms.items()}
 
 
 def _module_paths(paths: Any) -> str:
@@ -72,15 +121,26 @@ def _layer_words(data: Mapping[str, Any]) -> str:
     return f"layer {path} edited"
 
 
-def cause_in_words(event_type: str, data: Mapping[str, Any]) -> str:
-    """One short phrase for a change event's data."""
+def _setting_path(event_type: str, data: Mapping[str, Any]) -> str:
+    name, key = data.get("name"), data.get("key", "?")
+    if event_type == "hyperparams_changed":
+        return f"hyperparams:{name}.values.{key}"
+    return f"optimizer:{name}.groups[{data.get('group') or 0}].{key}"
+
+
+def cause_in_words(event_type: str, data: Mapping[str, Any], components: Mapping[str, Any] | None = None) -> str:
+    """One short phrase for a change event's data.
+
+    ``components`` (the current description of every component, keyed ``kind:name``) lets a
+    setting be named unambiguously: ``config.lr`` rather than ``lr`` when the optimizer has one too.
+    """
     if event_type in ("hyperparams_changed", "optimizer_param_changed"):
-        key = data.get("key", "?")
-        if event_type == "optimizer_param_changed" and data.get("group"):
-            key = f"group {data['group']} {key}"
-        if key == "params":
+        if data.get("key") == "params":
             return f"added param group {data.get('group')}"
-        return f"{key} {value_text(data.get('old'))} -> {value_text(data.get('new'))}"
+        path = _setting_path(event_type, data)
+        known = leaves({k: v for k, v in (components or {}).items() if not k.startswith("model:")})
+        label = setting_labels({*known, path})[path]
+        return f"{label} {value_text(data.get('old'))} -> {value_text(data.get('new'))}"
     if event_type == "layer_edited":
         return _layer_words(data)
     if event_type == "state_changed":
