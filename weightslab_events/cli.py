@@ -246,8 +246,9 @@ def verify(root: str, as_json: bool) -> None:
             faults.extend(found)
             checked += 1
             progress.advance(task)
-    checkpoints = sum(len(e.checkpoints) for e in opened)
-    bad_checkpoints = sum(1 for f in faults if f.file.name.endswith(".pt"))
+    listed = {c.path for e in opened for c in e.checkpoints}
+    checkpoints = len(listed)
+    bad_checkpoints = len(listed & {f.file for f in faults})
     if as_json:
         listing = [{"hash": f.hash, "file": _relative(store.root, f.file), "problem": f.problem} for f in faults]
         _emit_json({"checkpoints": checkpoints, "verified": checkpoints - bad_checkpoints, "faults": listing})

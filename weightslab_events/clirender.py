@@ -93,7 +93,8 @@ def _table(rows: Sequence[Experiment], title: str, compact: bool) -> Table:
 def ls_table(rows: Sequence[Experiment], title: str, target: Console) -> Table:
     """The ``ls`` table for ``target``: compact when the full one does not fit a terminal."""
     full = _table(rows, title, compact=False)
-    if not target.is_terminal or target.measure(full).maximum <= target.width:
+    needed = target.measure(full, options=target.options.update_width(UNWRAPPED)).maximum
+    if not target.is_terminal or needed <= target.width:
         return full
     return _table(rows, title, compact=True)
 

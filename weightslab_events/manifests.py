@@ -95,9 +95,13 @@ def _check_record(index: int, record: Any) -> str | None:
     return None
 
 
-def parse_manifest(path: Path, text: str) -> dict[str, Any]:
-    """The manifest in ``text`` (read from ``path``), validated; :class:`ManifestError` otherwise."""
-    problem = check_digest(text)
+def parse_manifest(path: Path, text: str, *, digest: bool = True) -> dict[str, Any]:
+    """The manifest in ``text`` (read from ``path``), validated; :class:`ManifestError` otherwise.
+
+    ``digest=False`` skips the digest check: ``verify`` uses it to salvage what a damaged
+    manifest still says, so the files it lists are checked too.
+    """
+    problem = check_digest(text) if digest else None
     if problem is not None:
         raise ManifestError(path, problem)
     try:

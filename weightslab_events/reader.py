@@ -95,6 +95,7 @@ class Root:
             raise RootNotFoundError(f"{self.path} is not an experiments root (no {checkpoints.name}/ folder in it)")
         self._configs: dict[str, tuple[dict[str, Any], str | None]] = {}
         self._architectures: dict[str, dict[str, Any]] = {}
+        self._folders: set[str] = set()
         self._experiments = self._read_all()
 
     # -- listing ----------------------------------------------------------------------------
@@ -143,6 +144,8 @@ class Root:
     def architecture_text(self, prefix: str) -> str | None:
         """The readable architecture (``architecture.txt``), or ``None``."""
         hash = self.resolve(prefix)
+        if hash not in self._folders:
+            return None
         path = self.store.architecture_path(hash, "txt")
         if self.store.outside_problem(path) or not path.is_file():
             return None
@@ -150,10 +153,16 @@ class Root:
 
     def differences(self, old: str, new: str) -> dict[str, list[str]]:
         """``{"hyperparameters": [...], "architecture": [...]}`` from ``old`` to ``new``, in words."""
-        a, b = self.resolve(old), self.resolve(new)
+        return self._differences(self.resolve(old), self.resolve(new))
+
+    def _differences(self, a: str, b: str) -> dict[str, list[str]]:
+        try:
+            architecture = architecture_differences(self._architecture(a), self._architecture(b))
+        except (AttributeError, TypeError, ValueError):  # a damaged description costs only its words
+            architecture = ["(an architecture description cannot be read)"]
         return {
             "hyperparameters": hyperparameter_differences(self._config(a)[0], self._config(b)[0]),
-            "architecture": architecture_differences(self._architecture(a), self._architecture(b)),
+            "architecture": architecture,
         }
 
     def metrics(self, prefix: str) -> dict[str, list[list[float]]]:
@@ -224,7 +233,7 @@ class Root:
         """Every fault: each damaged file (manifest, config, architecture, checkpoint), link or log line."""
         if prefix is not None:
             hash = self.resolve(prefix)
-            if hash not in self.store.hashes():  # a folder that is not an experiment
+            if hash not in self._folders:  # a folder that is not an experiment
                 return [Fault(hash, self.store.checkpoints_dir / hash, self._experiments[hash].damage or "")]
             return check_experiment(self.store, hash)
         return [fault for _, faults in check_root(self.store) for fault in faults]
@@ -237,9 +246,10 @@ class Root:
 
     def _read_all(self) -> dict[str, Experiment]:
         found: dict[str, Experiment] = {}
+        self._folders = set(self.store.hashes())
         for path, reason in foreign_folders(self.store):
             found[path.name] = Experiment(path.name, damage=f"{path.name} {reason}")
-        for hash in self.store.hashes():
+        for hash in sorted(self._folders):
             found[hash] = self._read_one(hash)
         children: dict[str, list[Experiment]] = {}
         for exp in found.values():
@@ -286,23 +296,30 @@ class Root:
             size=self.store.size_on_disk(hash),
             data_changes=tuple(self._log.data_changes.get(hash, ())),
             trained=step_ranges(trained),
-            damage=self._quick_damage(hash, checkpoints),
+            damage=self._quick_damage(hash, manifest, checkpoints),
         )
 
-    def _quick_damage(self, hash: str, checkpoints: tuple[Checkpoint, ...]) -> str | None:
-        """What a listing can see without hashing checkpoints: readable setup files, files present."""
+    def _quick_damage(self, hash: str, manifest: dict[str, Any], checkpoints: tuple[Checkpoint, ...]) -> str | None:
+        """What a listing sees without hashing files: a readable config, every file present at its size.
+
+        ``verify`` also compares checksums; a listing stays fast.
+        """
         problem = self._config(hash)[1]
         if problem is not None:
             return problem
-        for checkpoint in checkpoints:
-            where = self.store.outside_problem(checkpoint.path)
+        recorded = manifest.get("files") or {}
+        expected = [(self.store.exp_dir(hash) / str(name), info) for name, info in recorded.items()]
+        expected += [(c.path, {"size": c.size}) for c in checkpoints]
+        for path, info in expected:
+            name = path.relative_to(self.store.exp_dir(hash)).as_posix()
+            where = self.store.outside_problem(path) if ".." not in Path(name).parts else "points outside its folder"
             if where is not None:
-                return f"{checkpoint.file}: {where}"
-            if not checkpoint.path.is_file():
-                return f"{checkpoint.file}: file is missing"
-            size = checkpoint.path.stat().st_size
-            if size != checkpoint.size:
-                return f"{checkpoint.file}: size is {size} bytes, manifest says {checkpoint.size} (truncated?)"
+                return f"{name}: {where}"
+            if not path.is_file():
+                return f"{name}: file is missing"
+            size = path.stat().st_size
+            if isinstance(info, dict) and size != info.get("size"):
+                return f"{name}: size is {size} bytes, manifest says {info.get('size')} (truncated?)"
         return None
 
     def _config(self, hash: str) -> tuple[dict[str, Any], str | None]:
@@ -312,6 +329,8 @@ class Root:
         return self._configs[hash]
 
     def _read_config(self, hash: str) -> tuple[dict[str, Any], str | None]:
+        if hash not in self._folders:  # not an experiment folder: nothing in it is read
+            return {}, None
         path = self.store.config_path(hash)
         name = f"hp/{path.name}"
         problem = self.store.outside_problem(path)
@@ -328,6 +347,8 @@ class Root:
         return config, None
 
     def _architecture(self, hash: str) -> dict[str, Any]:
+        if hash not in self._architectures and hash not in self._folders:
+            self._architectures[hash] = {}
         if hash not in self._architectures:
             path = self.store.architecture_path(hash, "json")
             data: Any = {}
@@ -342,11 +363,8 @@ class Root:
     def _cause(self, exp: Experiment) -> str:
         """The fork cause from the difference to the parent, else as the manifest recorded it."""
         assert exp.parent is not None
-        try:
-            diff = self.differences(exp.parent, exp.hash)
-        except (ValueError, TypeError, AttributeError, LookupError):
-            diff = {}
-        words = diff.get("hyperparameters", []) + diff.get("architecture", [])
+        diff = self._differences(exp.parent, exp.hash)
+        words = diff["hyperparameters"] + diff["architecture"]
         return "; ".join(words) if words else (exp.recorded_cause or "")
 
     def _load(self, checkpoint: Checkpoint) -> dict[str, Any]:

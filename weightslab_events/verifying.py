@@ -26,6 +26,7 @@ import yaml
 
 from .errors import ManifestError
 from .logsummary import tolerant_events
+from .manifests import parse_manifest
 from .store import Fault, Store, sha256_of
 
 __all__ = ["check_experiment", "check_root", "foreign_folders"]
@@ -113,20 +114,49 @@ def check_experiment(store: Store, hash: str) -> list[Fault]:
         return [Fault(hash, manifest_path, problem)]
     try:
         manifest = store.manifest(hash)
-    except ManifestError as error:
-        return [Fault(hash, manifest_path, error.problem)]
-    except OSError as error:
-        return [Fault(hash, manifest_path, f"cannot be read: {error}")]
-    faults = []
-    for path, expected in _setup_files(store, hash, manifest):
+    except (ManifestError, OSError) as error:
+        problem = error.problem if isinstance(error, ManifestError) else f"cannot be read: {error}"
+        return [Fault(hash, manifest_path, problem), *_check_with_damaged_manifest(store, hash)]
+    return _check_listed(store, hash, manifest)[0]
+
+
+def _check_listed(
+    store: Store, hash: str, manifest: dict[str, Any], salvaged: bool = False
+) -> tuple[list[Fault], set[Path]]:
+    """Faults of the files ``manifest`` lists, and which files those were checked against a checksum.
+
+    A ``salvaged`` manifest vouches only for the checksums it still holds.
+    """
+    faults, listed = [], set()
+    expected_files = [*_setup_files(store, hash, manifest)]
+    expected_files += [(store.file_of(hash, record), record) for record in manifest["checkpoints"]]
+    for path, expected in expected_files:
+        if expected is None and salvaged:
+            continue
+        listed.add(path)
         problem = _check_file(store, hash, path, expected)
         if problem is not None:
             faults.append(Fault(hash, path, problem))
-    for record in manifest["checkpoints"]:
-        path = store.file_of(hash, record)
-        problem = _check_file(store, hash, path, record)
-        if problem is not None:
-            faults.append(Fault(hash, path, problem))
+    return faults, listed
+
+
+def _check_with_damaged_manifest(store: Store, hash: str) -> list[Fault]:
+    """What can still be said when the manifest is damaged.
+
+    The files a salvaged reading of it still lists are checked; every other file of the folder
+    is named too, because nothing vouches for it any more.
+    """
+    faults: list[Fault] = []
+    listed: set[Path] = set()
+    try:
+        text = store.manifest_path(hash).read_bytes().decode("utf-8")
+        salvaged = parse_manifest(store.manifest_path(hash), text, digest=False)
+        faults, listed = _check_listed(store, hash, salvaged, salvaged=True)
+    except (ManifestError, OSError, UnicodeDecodeError):
+        pass
+    for path in sorted(store.exp_dir(hash).rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.name != "manifest.yaml" and path not in listed:
+            faults.append(Fault(hash, path, "cannot be verified: the manifest that vouches for it is damaged"))
     return faults
 
 
