@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ManifestError
+from .errors import InvalidNameError, ManifestError
 from .logsummary import tolerant_events
 from .manifests import parse_manifest
 from .store import Fault, Store, sha256_of
@@ -129,7 +129,13 @@ def _check_listed(
     """
     faults, listed = [], set()
     expected_files = [*_setup_files(store, hash, manifest)]
-    expected_files += [(store.file_of(hash, record), record) for record in manifest["checkpoints"]]
+    for record in manifest["checkpoints"]:
+        expected_files.append((store.file_of(hash, record), record))
+        for part in record.get("parts") or ():
+            try:
+                expected_files.append((store.part_path(hash, part["file"]), part))
+            except (InvalidNameError, KeyError, TypeError):
+                faults.append(Fault(hash, store.manifest_path(hash), f"lists a part that cannot be a file: {part!r}"))
     for path, expected in expected_files:
         if expected is None and salvaged:
             continue
