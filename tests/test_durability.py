@@ -157,7 +157,7 @@ def test_architecture_pickle_loads_only_when_trusted(setup):
 
 def test_resume_of_an_unknown_hash_is_a_clear_error(setup):
     system, *_ = setup()
-    with pytest.raises(wle.CheckpointNotFoundError, match="no experiment 'feedfacefeedface'"):
+    with pytest.raises(wle.CheckpointNotFoundError, match="no experiment hash starts with 'feedfacefeedface'"):
         system.resume(hash="feedfacefeedface")
     with pytest.raises(wle.InvalidNameError):
         system.resume(hash="../../etc")

@@ -54,8 +54,11 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from .handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy
     from .hyperparams import HyperParams
     from .reader import Checkpoint, DataChange, Experiment, Root, open_root
-    from .replay import ReplayResult, read_events, replay
     from .system import CheckpointSystem
+
+# ``replay`` is both a submodule and a public function: importing the submodule (anything does)
+# would rebind ``wle.replay`` to the module, so the function is bound here, at import (no torch).
+from .replay import ReplayResult, read_events, replay
 
 __version__ = "0.1.0"
 
@@ -103,7 +106,6 @@ _HOMES: dict[str, str] = {
         "weightslab_events.errors",
     ),
     **dict.fromkeys(("Checkpoint", "DataChange", "Experiment", "Root", "open_root"), "weightslab_events.reader"),
-    **dict.fromkeys(("ReplayResult", "read_events", "replay"), "weightslab_events.replay"),
     "CheckpointSystem": "weightslab_events.system",
     "Event": "weightslab_events.events",
     "HyperParams": "weightslab_events.hyperparams",
