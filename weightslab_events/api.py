@@ -223,8 +223,14 @@ def register_scheduler(name: str, scheduler: Any) -> Any:
     return scheduler
 
 
-def register_stateful(name: str, obj: Any) -> Any:
+def register_stateful(name: str, obj: Any, *, settles_after_step: bool | None = None) -> Any:
     """Register anything with ``state_dict``/``load_state_dict`` (or a ``torch.Generator``).
+
+    The checkpoint of step K holds its state as it is right after the optimizer step of
+    iteration K (a sampler has not drawn the next batch yet). Pass ``settles_after_step=True``
+    for an object whose state for iteration K is completed after ``optimizer.step()``, as
+    ``GradScaler.update()`` does: it is then taken at the next step boundary. ``None`` decides by
+    type (``torch.amp.GradScaler`` settles after the step).
 
     Its state is read once now: a state that a checkpoint could not load back raises
     :class:`UnsaveableStateError` here, not at resume time.
@@ -235,7 +241,7 @@ def register_stateful(name: str, obj: Any) -> Any:
             f"{type(obj).__name__} has neither"
         )
     state_of_stateful(obj, repr(name))
-    LEDGER.register("stateful", name, obj)
+    LEDGER.register("stateful", name, obj, settles_after_step=settles_after_step)
     return obj
 
 

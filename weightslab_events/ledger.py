@@ -23,9 +23,12 @@ KINDS: tuple[str, ...] = ("model", "optimizer", "hyperparams", "scheduler", "sta
 
 @dataclass(frozen=True)
 class Entry:
+    """One registration. ``settles_after_step`` is a stateful's capture rule (``None``: decide by type)."""
+
     kind: str
     name: str
     obj: Any
+    settles_after_step: bool | None = None
 
 
 Listener = Callable[[str, Entry, "Entry | None"], None]
@@ -49,7 +52,7 @@ class Ledger:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def register(self, kind: str, name: str, obj: Any) -> Entry:
+    def register(self, kind: str, name: str, obj: Any, *, settles_after_step: bool | None = None) -> Entry:
         """Add or replace ``name``; replacing is an event like any registration."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
@@ -61,7 +64,7 @@ class Ledger:
                     f"name {name!r} is already registered as a {previous.kind}; "
                     f"unregister it before registering a {kind} under that name"
                 )
-            entry = Entry(kind, name, obj)
+            entry = Entry(kind, name, obj, settles_after_step)
             self._entries[name] = entry
             listeners = list(self._listeners)
         for listener in listeners:

@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -54,6 +55,7 @@ class Resuming:
     _auto_resume: bool
     _distributed: Coordinator | None
     saver: Saver
+    _complete_pending: Callable[..., None]
     _resumed_payload: dict[str, Any] | None
 
     def verify(self) -> list[str]:
@@ -124,6 +126,7 @@ class Resuming:
 
     def _restore(self, payload: dict[str, Any], where: str) -> None:
         sharded = bool(payload.get("sharded"))  # models and optimizers were loaded through DCP
+        self._complete_pending()  # a pending checkpoint holds the state before the resume
         with self._lock:
             models = {n: w.model for n, w in self._models.items()}
             if not sharded:

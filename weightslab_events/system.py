@@ -7,19 +7,15 @@ Threads and consistency, the policy in one place:
   thread (an edit from a UI) is deferred to the next step boundary, so no snapshot ever reads a
   model halfway through an update and no thread ever waits for another: no torn snapshot, no
   deadlock.
-- A save due at step ``k`` copies weights, optimizer state, statefuls and RNG states in the
-  optimizer's post-step hook, and completes (scheduler state, the lrs the scheduler just set,
-  metrics) at the next boundary: the next step's pre-hook, ``wait()`` or ``close()``. In the usual
-  loop ``scheduler.step()`` runs between the two, so a resumed run's scheduler is not one step
-  behind.
+- The checkpoint of step ``k`` is the state at the end of iteration ``k``: copied after the
+  iteration's last optimizer step, completed at the next step boundary (scheduler moves and
+  ``GradScaler.update()`` in, user edits made since out). :mod:`.pending` has the lifecycle,
+  :mod:`.iterations` how the iteration's optimizers are learned, :mod:`.capturing` the threads.
 - Each step's own cost is the cheap checks in :mod:`.watch` plus one ``step`` event.
 """
 
 from __future__ import annotations
 
-import copy
-import io
-import itertools
 import logging
 import os
 import threading
@@ -28,19 +24,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
-from .architecture import architecture_text
 from .bus import Bus
+from .capturing import Capturing
 from .errors import CheckpointError
 from .fingerprint import canonical, describe_scheduler
 from .handlers import CheckpointingHandler, Decision, EventLogHandler, HashingHandler, RetentionHandler, RetentionPolicy
 from .hyperparams import read_consistently
+from .iterations import Iterations
 from .ledger import LEDGER, Entry, Ledger
-from .restore import restore_stateful, state_of_stateful
+from .pending import PAYLOAD_FORMAT_VERSION, PendingSnapshot, Registered
+from .restore import restore_stateful
 from .resuming import Resuming
-from .saver import SaveJob, Saver
-from .snapshot import BufferPool, capture_rng, copy_state
+from .saver import Saver
 from .store import FileSystem, Store
 from .watch import (
     HyperparamWatch,
@@ -58,8 +54,6 @@ __all__ = ["CheckpointSystem", "PAYLOAD_FORMAT_VERSION", "describe_hyperparams"]
 
 log = logging.getLogger("weightslab_events")
 
-PAYLOAD_FORMAT_VERSION = 1
-
 
 def _coordinator(bus: Bus, components: Callable[[], dict[str, Any]]) -> Coordinator | None:
     """The rank's coordinator under an initialised ``torch.distributed``; ``None`` in a single process."""
@@ -75,40 +69,7 @@ def describe_hyperparams(name: str, data: dict) -> dict[str, Any]:
     return {"kind": "hyperparams", "values": read_consistently(lambda: canonical(data, name))}
 
 
-_warned_architectures: set[type] = set()
-
-
-def _meta_copy(model: nn.Module) -> nn.Module | None:
-    """The model's structure with every tensor on the meta device: no weights, cheap to copy.
-
-    The pickled architecture is a convenience, not part of the checkpoint: a model that cannot
-    be pickled (a class defined inside a function) gets a warning once per class and its
-    checkpoints are saved without it.
-    """
-    memo: dict[int, Any] = {}
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
-            continue
-        meta = torch.empty_like(tensor, device="meta")
-        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
-    try:
-        meta = copy.deepcopy(model, memo)
-        torch.save(meta, io.BytesIO())
-    except Exception as error:
-        if type(model) not in _warned_architectures:
-            _warned_architectures.add(type(model))
-            log.warning(
-                "the architecture of %s cannot be pickled (%s: %s); its checkpoints are saved without "
-                "the architecture pickle (define the class at module level to keep it)",
-                type(model).__qualname__,
-                type(error).__name__,
-                error,
-            )
-        return None
-    return meta
-
-
-class CheckpointSystem(Resuming):
+class CheckpointSystem(Capturing, Resuming):
     """Automatic, per-experiment checkpoints of the objects registered in a ledger.
 
     Options:
@@ -168,10 +129,12 @@ class CheckpointSystem(Resuming):
         self._training_thread: int | None = None
         self._in_post_step = False
         self._user_steps = False
-        self._unfinished: tuple[Decision, BufferPool, dict[str, Any]] | None = None
         self._deferred: list[Decision] = []
         self._coverage_known = False
         self._warn_once = WarnOnce()
+        self._pending: PendingSnapshot | None = None
+        self._iterations = Iterations(self._warn_once)
+        self._registered = Registered(self._models, self._optimizers, self._hyperparams, ledger, self._state_dicts)
         self._metrics: dict[str, float] = {}
         self._auto_resume = resume
         self._resumed_payload: dict[str, Any] | None = None
@@ -241,6 +204,7 @@ class CheckpointSystem(Resuming):
                 obj.register_step_post_hook(self._after_step),
             ]
             self._choose_driver()
+            self._iterations.forget()
             announce["description"] = optimizer_watch.describe()
         elif entry.kind == "hyperparams":
             hp_watch = HyperparamWatch(name, obj, self._notify, lambda data=obj, n=name: describe_hyperparams(n, data))
@@ -266,6 +230,7 @@ class CheckpointSystem(Resuming):
             watch.release()
         for handle in self._hooks.pop(entry.name, []):
             handle.remove()
+            self._iterations.forget()
         if isinstance(watch, OptimizerWatch) and watch.optimizer is self._driver:
             self._driver = None
             self._choose_driver()
@@ -304,11 +269,14 @@ class CheckpointSystem(Resuming):
     # -- steps ------------------------------------------------------------------------------
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if optimizer is not self._driver:
-            return
+        """A registered optimizer is about to step: a new iteration may begin (see :mod:`.iterations`)."""
+        if self._iterations.before_step(optimizer):
+            self._at_boundary()
+
+    def _at_boundary(self) -> None:
+        """The first optimizer step of an iteration: finish the last one's checkpoint, then look for edits."""
         self._training_thread = threading.get_ident()
-        if self._unfinished is not None:
-            self._finish_capture()
+        self._complete_pending(at_boundary=True)
         for check in self._checks:
             check()
         if not self._coverage_known:
@@ -319,21 +287,22 @@ class CheckpointSystem(Resuming):
             self._distributed.begin_check(self.step, self.experiment_hash)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if optimizer is not self._driver:
-            return
-        if self._distributed is not None:
+        self._iterations.after_step(optimizer)
+        if optimizer is self._driver and self._distributed is not None:
             self._distributed.end_check(self.experiment_hash)
-        if self._user_steps:
-            return
-        self._auto_resume = False
-        self._resumed_payload = None
-        state = self.bus.state
-        state.step += 1
-        self._in_post_step = True
-        try:
-            self.bus.emit("step", step=state.step, driver="auto")
-        finally:
-            self._in_post_step = False
+        if optimizer is self._driver and not self._user_steps:
+            self._auto_resume = False
+            self._resumed_payload = None
+            state = self.bus.state
+            state.step += 1
+            self._in_post_step = True
+            try:
+                self.bus.emit("step", step=state.step, driver="auto")
+            finally:
+                self._in_post_step = False
+        elif self._pending is not None and not self._iterations.more_expected():
+            # A later optimizer of the same iteration: its update belongs in the checkpoint too.
+            self._copy_pending()
 
     def check_now(self) -> None:
         """Run every step-boundary check at once (what ``optimizer.step()`` does first)."""
@@ -343,128 +312,6 @@ class CheckpointSystem(Resuming):
 
     # -- saving -----------------------------------------------------------------------------
 
-    def _save(self, decision: Decision) -> None:
-        """Called by the checkpointing handler for each decision it makes."""
-        off_thread = self._training_thread not in (None, threading.get_ident())
-        if off_thread and not self._closing:
-            with self._lock:
-                self._deferred.append(decision)
-            return
-        self._capture(decision)
-
-    def _run_deferred(self) -> None:
-        with self._lock:
-            deferred, self._deferred = self._deferred, []
-        for decision in deferred:
-            self._capture(decision)
-
-    def _capture(self, decision: Decision) -> None:
-        if self._unfinished is not None:
-            self._finish_capture()
-        pool = self.saver.reserve(decision.required, timeout=self.close_timeout)
-        if pool is None:
-            log.warning(
-                "skipped the %s checkpoint of %s at step %d: the writer is still busy",
-                decision.reason,
-                decision.hash,
-                decision.step,
-            )
-            self.bus.emit(
-                "checkpoint_skipped",
-                hash=decision.hash,
-                step=decision.step,
-                reason=decision.reason,
-                why="the writer is still writing earlier checkpoints (max_pending reached)",
-            )
-            return
-        try:
-            with torch.no_grad(), self._lock:
-                model_states, optimizer_states, sharded = self._state_dicts()
-                payload = {
-                    "format_version": PAYLOAD_FORMAT_VERSION,
-                    "experiment_hash": decision.hash,
-                    "step": decision.step,
-                    "reason": decision.reason,
-                    "models": {n: copy_state(state, pool, ("m", n)) for n, state in model_states.items()},
-                    "optimizers": {n: copy_state(state, pool, ("o", n)) for n, state in optimizer_states.items()},
-                    "statefuls": {
-                        e.name: copy_state(state_of_stateful(e.obj, e.name), pool, ("s", e.name))
-                        for e in self.ledger.entries("stateful")
-                    },
-                    "rng": capture_rng(),
-                }
-                if sharded:
-                    payload["sharded"] = True
-        except Exception as error:
-            self.saver.release(pool)
-            self._report_capture_failure(decision, error)
-            return
-        self._unfinished = (decision, pool, payload)
-        if not self._in_post_step:
-            self._finish_capture()
-
-    def _state_dicts(self) -> tuple[dict[str, Any], dict[str, Any], bool]:
-        """The registered models' and optimizers' state dicts; sharded (FSDP2) ones come keyed by name."""
-        models = {n: w.model for n, w in self._models.items()}
-        optimizers = {n: w.optimizer for n, w in self._optimizers.items()}
-        if self._distributed is not None:
-            return self._distributed.state_dicts(models, optimizers)
-        return {n: m.state_dict() for n, m in models.items()}, {n: o.state_dict() for n, o in optimizers.items()}, False
-
-    def _finish_capture(self) -> None:
-        unfinished, self._unfinished = self._unfinished, None
-        if unfinished is None:
-            return
-        decision, pool, payload = unfinished
-        try:
-            with self._lock:
-                self._complete_payload(payload, pool)
-                info = {} if self.store.has_experiment(decision.hash) else self._experiment_info(decision)
-                job = SaveJob(decision.hash, decision.step, decision.reason, payload, info, dict(self._metrics))
-            self.saver.submit(pool, job)
-        except Exception as error:
-            self.saver.release(pool)
-            self._report_capture_failure(decision, error)
-
-    def _complete_payload(self, payload: dict[str, Any], pool: BufferPool) -> None:
-        for name, watch in self._optimizers.items():
-            if name not in payload["optimizers"]:
-                continue  # replicated state another rank writes
-            saved_groups = payload["optimizers"][name]["param_groups"]
-            # Groups added since the copy (add_param_group) belong to the next checkpoint.
-            live_groups = watch.optimizer.param_groups[: len(saved_groups)]
-            for saved, live in zip(saved_groups, live_groups, strict=True):
-                saved.update(copy_state({k: v for k, v in live.items() if k != "params"}, pool, ("g", name)))
-        payload["optimizer_config"] = {n: copy_state(w.configured, pool, ("f", n)) for n, w in self._optimizers.items()}
-        payload["schedulers"] = {
-            e.name: copy_state(e.obj.state_dict(), pool, ("c", e.name)) for e in self.ledger.entries("scheduler")
-        }
-        payload["hyperparams"] = {
-            n: read_consistently(lambda w=w, n=n: canonical(w.data, n)) for n, w in self._hyperparams.items()
-        }
-        payload["reset_counts"] = {
-            n: {w.path_of(m): c for m, c in w.reset_counts.items() if w.contains(m)} for n, w in self._models.items()
-        }
-
-    def _experiment_info(self, decision: Decision) -> dict[str, Any]:
-        components = self.hashing.components
-        return {
-            "parent": decision.parent,
-            "fork_step": decision.fork_step,
-            "cause": "; ".join(c for c in decision.causes if c) or None,
-            "config": {k: v for k, v in components.items() if not k.startswith("model:")},
-            "description": {k: v for k, v in components.items() if k.startswith("model:")},
-            "architecture": {n: meta for n, w in self._models.items() if (meta := _meta_copy(w.model)) is not None}
-            or None,
-            "architecture_text": "\n\n".join(f"# {n}\n{architecture_text(w.model)}" for n, w in self._models.items()),
-        }
-
-    def _report_capture_failure(self, decision: Decision, error: Exception) -> None:
-        reason = f"{type(error).__name__}: {error}"
-        log.warning("checkpoint %s at step %d failed while copying: %s", decision.hash, decision.step, reason)
-        self.saver.record_failure(f"{decision.hash}_step_{decision.step:06d}", reason)
-        self.bus.emit("checkpoint_failed", hash=decision.hash, step=decision.step, reason=decision.reason, error=reason)
-
     # -- the explicit API of the original design --------------------------------------------
 
     def checkpoint_on_step(self, step: int) -> None:
@@ -472,12 +319,12 @@ class CheckpointSystem(Resuming):
         self._user_steps = True
         self._training_thread = threading.get_ident()
         self.check_now()
-        self._finish_capture()
+        self._complete_pending()
         if self._distributed is not None:
             self._distributed.check_now(int(step), self.experiment_hash)
         self.bus.state.step = int(step)
         self.bus.emit("step", step=int(step), driver="user")
-        self._finish_capture()
+        self._complete_pending()
 
     def checkpoint_on_model_change(self) -> None:
         self._request("model_change")
@@ -522,7 +369,7 @@ class CheckpointSystem(Resuming):
         Raises :class:`CheckpointError` naming every save that failed since the last call.
         """
         if self._training_thread in (None, threading.get_ident()):
-            self._finish_capture()
+            self._complete_pending()
         self.saver.flush(timeout)
         self.bus.wait_handlers(timeout)
         self.saver.flush(timeout)
@@ -535,12 +382,12 @@ class CheckpointSystem(Resuming):
             return
         self._closing = True
         try:
-            self._finish_capture()
+            self._complete_pending()
             self._run_deferred()
             if self._distributed is not None and self._distributed.failed is None:
                 self._distributed.check_now(self.step, self.experiment_hash)
             self.bus.emit("closing")
-            self._finish_capture()
+            self._complete_pending()
         finally:
             unfinished = self.saver.close(self.close_timeout)
             self.bus.close(self.close_timeout)

@@ -127,6 +127,18 @@ class TrackedGroup(dict):
         self.writes[key] = ("user", copy.copy(value))
         self.overwritten.pop(key, None)
 
+    def settled_values(self) -> dict[str, Any]:
+        """The group's values without the user's writes since the boundary (scheduler moves kept)."""
+        values = {}
+        for key, value in self.items():
+            before = self.before_user.get(key, value) if self.before_user else value
+            if before is not _ABSENT:
+                values[key] = before
+        for key, before in self.before_user.items():
+            if key not in self and before is not _ABSENT:
+                values[key] = before
+        return values
+
     def take_writes(self) -> tuple[dict[str, tuple[str, Any]], dict[str, Any]]:
         """The writes and user-overwriting schedulers since the last boundary; starts a new window."""
         writes, overwritten = self.writes, self.overwritten
