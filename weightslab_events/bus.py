@@ -14,6 +14,8 @@ Policy, and why:
   after the current one, so a live run and its replay see the same order.
 - ``async def`` receivers run on one anyio loop thread (:mod:`.asyncrunner`), concurrently, and
   never block the emitting thread.
+- Work that must not run in the middle of an event (closing the system from a handler) is put
+  off with :meth:`Bus.after_dispatch` until this thread has dispatched everything queued.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from blinker import ANY, Namespace, Signal
 from blinker._utilities import make_id
 
 from . import signals as _signals
-from .asyncrunner import AsyncRunner
+from .asyncrunner import AsyncRunner, current_handler
 from .events import Event
 
 __all__ = ["GROUPS", "Bus", "BusState", "Subscription", "is_async_handler"]
@@ -195,16 +197,35 @@ class Bus:
             queue.append(event)
             return
         queue = self._local.queue = deque([event])
+        self._local.after = []
         try:
             while queue:
                 self._deliver(queue.popleft())
         finally:
             self._local.queue = None
+            after, self._local.after = self._local.after, []
+            for fn in after:
+                fn()
+
+    def dispatching(self) -> bool:
+        """True while this thread is inside a dispatch (a sync handler is running on it)."""
+        return getattr(self._local, "queue", None) is not None
+
+    def in_async_handler(self) -> bool:
+        """True in an async handler's task, or in a thread it is awaiting."""
+        return current_handler() is not None
+
+    def after_dispatch(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` once this thread has dispatched every queued event; ``False`` if it is not dispatching."""
+        if not self.dispatching():
+            return False
+        self._local.after.append(fn)
+        return True
 
     def _deliver(self, event: Event) -> None:
         for receiver, is_async in self._routing(event.type, event.src):
             if is_async:
-                self._async.submit(receiver, event, self._reporter_for(receiver, event))
+                self._async.submit(receiver, event, self._reporter_for(receiver, event), (receiver, event))
                 continue
             try:
                 receiver(event)
@@ -256,5 +277,23 @@ class Bus:
             raise error
         return finished
 
-    def close(self, timeout: float | None = 10.0) -> None:
-        self._async.close(timeout)
+    def close(self, timeout: float | None = 10.0) -> list[str]:
+        """Stop the async handlers' loop within ``timeout``; returns the handlers abandoned.
+
+        Each abandoned handler is logged and emitted as ``handler_failed``, so the event log
+        records it. Async receivers connected afterwards are never started.
+        """
+        abandoned = []
+        for receiver, event in self._async.close(timeout):
+            why = "abandoned by close(): still running when its time ran out"
+            log.warning("async handler %s on %s event %d %s", _describe(receiver), event.type, event.seq, why)
+            self.emit(
+                "handler_failed",
+                src=event.src,
+                handler=_describe(receiver),
+                event_type=event.type,
+                event_seq=event.seq,
+                error=why,
+            )
+            abandoned.append(f"{_describe(receiver)} on {event.type} event {event.seq}")
+        return abandoned

@@ -25,6 +25,7 @@ from .saver import SaveJob
 
 if TYPE_CHECKING:
     from .bus import Bus
+    from .closing import Deadline
     from .distributed import Coordinator
     from .handlers import Decision
     from .iterations import Iterations
@@ -78,6 +79,7 @@ class Capturing:
     saver: Saver
     hashing: Any
     close_timeout: float
+    _close_deadline: Deadline | None
     _lock: threading.RLock
     _models: dict[str, ModelWatch]
     _metrics: dict[str, float]
@@ -109,7 +111,8 @@ class Capturing:
     def _capture(self, decision: Decision) -> None:
         """Start the checkpoint ``decision`` asks for (see :mod:`.pending` for its lifecycle)."""
         self._complete_pending()
-        pool = self.saver.reserve(decision.required, timeout=self.close_timeout)
+        deadline = self._close_deadline  # while closing, what is left of close()'s one deadline
+        pool = self.saver.reserve(decision.required, timeout=deadline.left() if deadline else self.close_timeout)
         if pool is None:
             log.warning(
                 "skipped the %s checkpoint of %s at step %d: the writer is still busy",
@@ -124,6 +127,8 @@ class Capturing:
                 reason=decision.reason,
                 why="the writer is still writing earlier checkpoints (max_pending reached)",
             )
+            if decision.required:  # wait() and close() name it: a fork or final save is never lost quietly
+                self.saver.record_failure(f"{decision.hash}_step_{decision.step:06d}", "skipped: no free snapshot slot")
             return
         self._pending = PendingSnapshot(decision, pool, self._registered)
         if not self._in_post_step:

@@ -85,7 +85,7 @@ class Saver:
             self._slots.put(BufferPool())
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD)
         self._lock = threading.Lock()
-        self._futures: set[Future[None]] = set()
+        self._futures: dict[Future[None], str] = {}
         self._failures: list[tuple[str, str]] = []
         self._closed = False
 
@@ -112,12 +112,12 @@ class Saver:
                 self.release(pool)
                 raise CheckpointError(f"checkpoint system is closed; {job.label} was not written")
             future = self._executor.submit(self._write, pool, job)
-            self._futures.add(future)
+            self._futures[future] = job.label
         future.add_done_callback(self._forget)
 
     def _forget(self, future: Future[None]) -> None:
         with self._lock:
-            self._futures.discard(future)
+            self._futures.pop(future, None)
 
     def _write(self, pool: BufferPool, job: SaveJob) -> None:
         try:
@@ -179,10 +179,10 @@ class Saver:
             raise CheckpointError(f"{len(failures)} checkpoint(s) failed: {named}", failures)
 
     def close(self, timeout: float | None = 60.0) -> list[str]:
-        """Flush with a bounded wait; returns the labels of writes still unfinished."""
+        """Flush with a bounded wait; returns the labels of the writes abandoned unfinished."""
         self.flush(timeout)
         with self._lock:
             self._closed = True
-            unfinished = [f for f in self._futures if not f.done()]
+            unfinished = [label for f, label in self._futures.items() if not f.done()]
         self._executor.shutdown(wait=not unfinished, cancel_futures=True)
-        return [f"{len(unfinished)} write(s) still running"] if unfinished else []
+        return unfinished

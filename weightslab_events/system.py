@@ -27,6 +27,7 @@ import torch
 
 from .bus import Bus
 from .capturing import Capturing
+from .closing import Deadline, run_close_later
 from .errors import CheckpointError
 from .fingerprint import canonical, describe_scheduler
 from .handlers import CheckpointingHandler, Decision, EventLogHandler, HashingHandler, RetentionHandler, RetentionPolicy
@@ -86,7 +87,9 @@ class CheckpointSystem(Capturing, Resuming):
     - ``step_optimizer``: the registered name of the optimizer whose steps count (default: the
       first registered).
     - ``strict_handlers``: re-raise handler errors instead of reporting them (for tests).
-    - ``close_timeout``: seconds ``close()`` waits for pending writes (and a required save for a slot).
+    - ``close_timeout``: the most seconds ``close()`` takes, waiting for a slot for the final save,
+      pending writes and async handlers all together; what is still running then is abandoned
+      and named (see :mod:`.closing`).
     - ``file_system``: the OS seam of the store, for fault injection in tests.
     """
 
@@ -140,6 +143,9 @@ class CheckpointSystem(Capturing, Resuming):
         self._resumed_payload: dict[str, Any] | None = None
         self._closed = False
         self._closing = False
+        self._close_requested = False
+        self._close_done = threading.Event()
+        self._close_deadline: Deadline | None = None
 
         commit = self._distributed.commit if self._distributed is not None else None
         self.saver = Saver(
@@ -228,7 +234,12 @@ class CheckpointSystem(Capturing, Resuming):
         self._checks = [c for c in self._checks if getattr(c, "__self__", None) is not watch]
         if isinstance(watch, ModelWatch):
             watch.release()
-        for handle in self._hooks.pop(entry.name, []):
+        handles = self._hooks.pop(entry.name, [])
+        if self._in_post_step:
+            # torch is iterating the post-step hooks (a handler closed the system at a step):
+            # removing one now raises in optimizer.step(). It stays, inert: no driver is left.
+            handles = handles[:-1]
+        for handle in handles:
             handle.remove()
             self._iterations.forget()
         if isinstance(watch, OptimizerWatch) and watch.optimizer is self._driver:
@@ -366,21 +377,48 @@ class CheckpointSystem(Capturing, Resuming):
     def wait(self, timeout: float | None = None) -> None:
         """Block until every scheduled save is durable and async handlers are done.
 
+        ``timeout`` bounds the whole wait. From inside a handler it waits for everything but that
+        handler (and handlers that are waiting themselves); see :mod:`.asyncrunner`.
         Raises :class:`CheckpointError` naming every save that failed since the last call.
         """
+        deadline = Deadline(timeout)
         if self._training_thread in (None, threading.get_ident()):
             self._complete_pending()
-        self.saver.flush(timeout)
-        self.bus.wait_handlers(timeout)
-        self.saver.flush(timeout)
-        self.event_log.flush(timeout)
+        self.saver.flush(deadline.left())
+        self.bus.wait_handlers(deadline.left())
+        self.saver.flush(deadline.left())
+        self.event_log.flush(deadline.left())
         self.saver.raise_failures()
 
     def close(self) -> None:
-        """Save what is due, flush with a bounded wait, detach everything; raise on failures."""
-        if self._closed:
+        """Save what is due, flush, detach everything; raise on failures. Idempotent.
+
+        Returns within ``close_timeout``. Called from a handler, it closes once that handler's
+        event has been handled (see :mod:`.closing`): the final checkpoint is still written and
+        ``closing`` logged. Called again while another thread closes, it waits for that close.
+        """
+        with self._lock:
+            requested, self._close_requested = self._close_requested, True
+        if requested:
+            if not self.bus.dispatching() and not self.bus.in_async_handler():
+                self._close_done.wait(self.close_timeout)
             return
+        if run_close_later(self.bus, self._close_for_handler):
+            return
+        self._close_now()
+
+    def _close_for_handler(self) -> None:
+        """A close a handler asked for: nobody is there to catch its error, so it is logged."""
+        try:
+            self._close_now()
+        except CheckpointError as error:
+            log.error("close() called from a handler: %s", error)
+        except Exception:
+            log.exception("close() called from a handler failed")
+
+    def _close_now(self) -> None:
         self._closing = True
+        self._close_deadline = deadline = Deadline(self.close_timeout)
         try:
             self._complete_pending()
             self._run_deferred()
@@ -389,10 +427,13 @@ class CheckpointSystem(Capturing, Resuming):
             self.bus.emit("closing")
             self._complete_pending()
         finally:
-            unfinished = self.saver.close(self.close_timeout)
-            self.bus.close(self.close_timeout)
+            unfinished = self.saver.close(deadline.left())
+            self.bus.close(deadline.left())
             self._shutdown()
-        failures = self.saver.take_failures() + [("writer", u) for u in unfinished]
+            self._close_done.set()
+        why = "abandoned by close(): still being written when close_timeout ran out"
+        abandoned = [(label, why) for label in unfinished]
+        failures = self.saver.take_failures() + abandoned
         if failures:
             named = "; ".join(f"{label}: {reason}" for label, reason in failures)
             raise CheckpointError(f"{len(failures)} checkpoint(s) could not be written: {named}", failures)
