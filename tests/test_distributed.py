@@ -187,6 +187,26 @@ def test_ddp_job_killed_and_resumed_ends_bitwise_equal_to_a_straight_run_on_ever
     assert_committed_and_sound(tmp_path / "killed", 2)
 
 
+def test_a_system_on_rank_0_alone_is_a_clear_error_there_and_no_rank_hangs(tmp_path):
+    """Only rank 0 creates a system: it raises after the set-up wait; the other rank fails too, none hangs."""
+    processes = launch(tmp_path / "root", 2, "--steps", "5", "--only-rank-0", "--setup-timeout", "3")
+    outcome = [(process.communicate(timeout=JOB_TIMEOUT), process.returncode) for process in processes]
+    (_, rank_0_err), rank_0_code = outcome[0]
+    assert rank_0_code == 3 and "not every rank did within 3 s" in rank_0_err, rank_0_err[-2000:]
+    assert outcome[1][1] != 0, "rank 1's training fails once rank 0 is gone"
+
+
+def test_a_system_created_before_init_process_group_refuses_registrations(root):
+    system = wle.get_checkpoint_system(str(root))
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(wle.DistributedSetupError, match="Create the system after init_process_group"):
+            wle.register_model("model", nn.Linear(2, 2))
+    finally:
+        torch.distributed.destroy_process_group()
+    system.close()
+
+
 @pytest.mark.parametrize(
     ("how", "component", "difference", "last_committed"),
     [

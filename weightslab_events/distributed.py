@@ -33,6 +33,7 @@ process never reaches this module's collectives. Policy, and why:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import shutil
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from .errors import CheckpointError, RankDisagreementError
+from .errors import CheckpointError, DistributedSetupError, RankDisagreementError
 from .store import TEMP_MARK, sha256_of
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ log = logging.getLogger("weightslab_events")
 RANK_PART, SHARD_PART, METADATA_PART = "rank", "shard", "metadata"
 
 _CHECK_FIELDS = ("step", "experiment hash", "save decisions")
+
+#: Seconds a rank waits at start-up for every other rank to create its checkpoint system too.
+SETUP_TIMEOUT = 300.0
 
 
 def rank_log_path(path: Path, rank: int) -> Path:
@@ -101,6 +105,7 @@ class Coordinator:
     def __init__(self, bus: Bus, components: Callable[[], Mapping[str, Any]]) -> None:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        self._wait_for_every_rank()
         self._checks = dist.new_group(backend="gloo")
         self._writes = dist.new_group(backend="gloo")
         self._components = components
@@ -109,6 +114,23 @@ class Coordinator:
         self._inflight: list[tuple[Any, torch.Tensor, list[int]]] = []
         self.failed: RankDisagreementError | None = None
         bus.connect("checkpoint_scheduled", self._on_scheduled, group="core")
+
+    def _wait_for_every_rank(self) -> None:
+        """Meet every rank in a group of its own, with a bounded wait: a rank alone raises, never hangs.
+
+        Creating a group waits for every rank to create it. The library's two working groups keep
+        the default (long) timeout, since a large write may legitimately keep a rank's writer
+        busy; so the first meeting happens here, under ``SETUP_TIMEOUT``.
+        """
+        try:
+            handshake = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=SETUP_TIMEOUT))
+        except Exception as error:
+            raise DistributedSetupError(
+                f"rank {self.rank} of {self.world_size} created a checkpoint system, but not every rank did within "
+                f"{SETUP_TIMEOUT:.0f} s ({type(error).__name__}). Under torch.distributed every rank runs the same "
+                "code: create the system and register the same objects on every rank."
+            ) from error
+        dist.destroy_process_group(handshake)
 
     @property
     def writes_shared_state(self) -> bool:

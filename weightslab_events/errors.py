@@ -7,6 +7,7 @@ __all__ = [
     "ArchitectureMismatchError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "DistributedSetupError",
     "ExperimentNotFoundError",
     "InvalidNameError",
     "ManifestError",
@@ -52,6 +53,10 @@ class SystemOptionsError(RuntimeError):
 
 class UnsaveableStateError(TypeError):
     """A state holds a value that a checkpoint could store but never load back (``weights_only``)."""
+
+
+class DistributedSetupError(RuntimeError):
+    """A distributed job is set up so that its ranks cannot coordinate (the message says how to fix it)."""
 
 
 class RankDisagreementError(RuntimeError):

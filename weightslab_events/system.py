@@ -28,7 +28,7 @@ import torch
 from .bus import Bus
 from .capturing import Capturing
 from .closing import Deadline, run_close_later
-from .errors import CheckpointError
+from .errors import CheckpointError, DistributedSetupError
 from .fingerprint import canonical, describe_scheduler
 from .handlers import CheckpointingHandler, Decision, EventLogHandler, HashingHandler, RetentionHandler, RetentionPolicy
 from .hyperparams import read_consistently
@@ -194,6 +194,12 @@ class CheckpointSystem(Capturing, Resuming):
 
     def _attach(self, entry: Entry, replaced: bool) -> None:
         name, obj = entry.name, entry.obj
+        if self._distributed is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise DistributedSetupError(
+                f"{entry.kind} {name!r} was registered after torch.distributed was initialised, but the checkpoint "
+                "system was created before: its ranks cannot coordinate and would overwrite each other's files. "
+                "Create the system after init_process_group()."
+            )
         announce: dict[str, Any] = {"name": name, "kind": entry.kind, "replaced": replaced}
         if entry.kind == "model":
             install_registration_hooks()
@@ -422,8 +428,6 @@ class CheckpointSystem(Capturing, Resuming):
         try:
             self._complete_pending()
             self._run_deferred()
-            if self._distributed is not None and self._distributed.failed is None:
-                self._distributed.check_now(self.step, self.experiment_hash)
             self.bus.emit("closing")
             self._complete_pending()
         finally:

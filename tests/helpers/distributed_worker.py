@@ -32,6 +32,15 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool
     return {"model": model_state, "optimizer": optimizer_state}
 
 
+def train(model, optimizer, sampler, data_x, data_y, steps: int) -> None:
+    for _ in range(steps):
+        index = torch.randint(0, len(data_x), (16,), generator=sampler)
+        loss = nn.functional.cross_entropy(model(data_x[index]), data_y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
@@ -43,8 +52,14 @@ def main() -> None:
     parser.add_argument("--disagree", choices=("register", "edit"), help="rank 1 registers or edits differently")
     parser.add_argument("--keep", type=int, help="retention: keep the latest N checkpoints of each hash")
     parser.add_argument("--resume-hash", help="resume this experiment explicitly instead of resume=True")
+    parser.add_argument("--only-rank-0", action="store_true", help="only rank 0 creates a system (a mistake)")
+    parser.add_argument("--setup-timeout", type=float, help="seconds a rank waits for the others' systems")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if args.setup_timeout is not None:
+        from weightslab_events import distributed
+
+        distributed.SETUP_TIMEOUT = args.setup_timeout
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -62,10 +77,17 @@ def main() -> None:
     sampler = torch.Generator().manual_seed(1000 + rank)
     torch.manual_seed(2000 + rank)  # dropout masks differ per rank: every rank's RNG must be restored
 
+    if args.only_rank_0 and rank != 0:
+        train(model, optimizer, sampler, data_x, data_y, args.steps)  # fails once rank 0 is gone
+        return
     retention = wle.LatestN(args.keep) if args.keep else None
-    system = wle.get_checkpoint_system(
-        args.root, checkpoint_frequency=args.freq, resume=args.resume_hash is None, retention=retention
-    )
+    try:
+        system = wle.get_checkpoint_system(
+            args.root, checkpoint_frequency=args.freq, resume=args.resume_hash is None, retention=retention
+        )
+    except wle.DistributedSetupError as error:
+        print(f"setup: {error}", file=sys.stderr, flush=True)
+        os._exit(3)
     wle.register_model("model", model)
     wle.register_optimizer("optimizer", optimizer)
     wle.register_hyperparams("config", {"batch_size": 16 + (rank if args.disagree == "register" else 0)})
