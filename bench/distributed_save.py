@@ -2,24 +2,24 @@
 
 Each rank holds two identical models with Adam, wrapped in DDP (``--mode ddp``) or sharded with
 FSDP2 (``--mode fsdp``): one registered with the system, one not. Rounds of ``--period`` steps
-alternate, in the same run and on the same state size:
+of three kinds are interleaved, in the same run and on the same state:
 
 - ``plain``: the unregistered model, no save (the baseline);
-- ``dcp``:   the unregistered model, ``dcp.async_save(get_state_dict(...))`` at the round's last
-             step on a gloo group of its own (the previous save awaited first, as DCP asks);
-- ``ours``:  the registered model, a periodic checkpoint due at the round's last step.
+- ``dcp``:   the unregistered model, ``dcp.async_save(get_state_dict(...))`` after the round's
+             first step, on a gloo group of its own;
+- ``ours``:  the registered model, a periodic checkpoint due at the round's first step.
 
-Each kind runs in blocks of ``--rounds`` rounds (its background writes overlap its own next
-rounds, which is the cost being measured), drained before the next kind; ``--blocks`` times.
-Training time lost per save = median round time minus the median ``plain`` round (one save per
-round). Spread is the interquartile range over rounds. The training thread's CPU time per save
-(``time.thread_time``, same differencing) is printed too: it is steadier on a shared machine, but
-leaves out what background writers take from training. The per-step cost of the agreement check
-is measured first, with a system that saves only its start and final checkpoints: median step
-time of the registered model against the plain one, in alternating blocks. Rank 0's figures are
-printed (it writes the most).
+A save's background write overlaps the rest of its round (what it costs training is in the
+round's time); it is drained, untimed, before the next round. Training time lost per save = the
+median, over repetitions, of the round's time minus the ``plain`` round of the same repetition
+(paired, so the shared machine's drift cancels), with its interquartile range. The training
+thread's CPU time (``time.thread_time``, paired the same way) is steadier, but leaves out what
+background writers take from training. The per-step cost of the agreement check is measured
+first, with a system that saves only its start and final checkpoints: median step time of the
+registered model against the plain one, alternating. Rank 0's figures are printed (it writes the
+most).
 
-    python bench/distributed_save.py --mode fsdp --blocks 3 --rounds 5
+    python bench/distributed_save.py --mode fsdp --rounds 20
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run(rank: int, world: int, port: int, args: argparse.Namespace, directory: s
     train_step(ours_model, ours_optimizer, x)
     system.wait()
     quiet: dict[str, list[float]] = {"plain": [], "ours": []}
-    for _ in range(args.blocks * 2):
+    for _ in range(6):
         quiet["plain"] += [train_step(plain_model, plain_optimizer, x) for _ in range(args.period)]
         quiet["ours"] += [train_step(ours_model, ours_optimizer, x) for _ in range(args.period)]
     system.close()
@@ -106,35 +106,32 @@ def run(rank: int, world: int, port: int, args: argparse.Namespace, directory: s
     rounds: dict[str, list[float]] = {"plain": [], "dcp": [], "ours": []}
     cpu: dict[str, list[float]] = {"plain": [], "dcp": [], "ours": []}
     pending = None
-    # Align the system's periodic saves with the rounds (a round's last step is a multiple of period).
-    while (system.step + 1) % args.period != 1:
+    # Align the system's periodic saves with the rounds: each "ours" round starts with a save.
+    while (system.step + 1) % args.period != 0:
         train_step(ours_model, ours_optimizer, x)
-    for block in range(args.blocks):
+    for index in range(args.rounds + 1):
         for kind in ("plain", "dcp", "ours"):
             model, optimizer = (ours_model, ours_optimizer) if kind == "ours" else (plain_model, plain_optimizer)
-            for index in range(args.rounds + 1):
-                cpu_start = time.thread_time()
-                times = [train_step(model, optimizer, x) for _ in range(args.period - 1)]
-                start = time.perf_counter()
-                times.append(train_step(model, optimizer, x))
-                if kind == "dcp":
-                    if pending is not None:
-                        pending.result()
-                    state = dict(zip(("model", "optimizer"), get_state_dict(model, optimizer), strict=True))
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        target = os.path.join(directory, f"dcp-{block}-{index}")
-                        pending = dcp.async_save(state, checkpoint_id=target, process_group=dcp_group)
-                    times[-1] = time.perf_counter() - start
-                if index == 0:
-                    continue  # a block's first round starts with no save in flight
-                rounds[kind].append(sum(times))
-                cpu[kind].append(time.thread_time() - cpu_start)
-            # Drain before the next kind, so no background write spills into another kind's rounds.
+            cpu_start, start = time.thread_time(), time.perf_counter()
+            train_step(model, optimizer, x)
+            if kind == "dcp":
+                state = dict(zip(("model", "optimizer"), get_state_dict(model, optimizer), strict=True))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    target = os.path.join(directory, f"dcp-{index}")
+                    pending = dcp.async_save(state, checkpoint_id=target, process_group=dcp_group)
+            for _ in range(args.period - 1):
+                train_step(model, optimizer, x)
+            elapsed, cpu_time = time.perf_counter() - start, time.thread_time() - cpu_start
+            # The save's background write overlapped this round's later steps; drain it (untimed)
+            # so that nothing spills into the next round.
             if pending is not None:
                 pending.result()
                 pending = None
             system.wait()
+            if index > 0:  # the first round of each kind warms buffers and files up
+                rounds[kind].append(elapsed)
+                cpu[kind].append(cpu_time)
     if pending is not None:
         pending.result()
     system.close()
@@ -142,23 +139,21 @@ def run(rank: int, world: int, port: int, args: argparse.Namespace, directory: s
     if rank == 0:
         state_mb = sum(p.numel() * p.element_size() for p in ours_model.parameters()) * 3 / 1e6
         print(f"{args.mode}, {world} ranks: {state_mb:.0f} MB of model + Adam state in all, one save per")
-        print(f"{args.period}-step round, {args.blocks} blocks of {args.rounds} rounds of each kind")
+        print(f"{args.period}-step round, {args.rounds} rounds of each kind, interleaved")
         base = statistics.median(rounds["plain"])
         print(f"  plain round            {base * 1e3:8.1f} ms")
-        lost = {}
+        lost, spent = {}, {}
         for kind in ("dcp", "ours"):
-            q1, median, q3 = quartiles(rounds[kind])
-            lost[kind] = median - base
+            paired = [k - p for k, p in zip(rounds[kind], rounds["plain"], strict=True)]
+            q1, lost[kind], q3 = quartiles(paired)
+            spent[kind] = statistics.median(k - p for k, p in zip(cpu[kind], cpu["plain"], strict=True))
             print(
-                f"  {kind:5s} round            {median * 1e3:8.1f} ms (IQR {q1 * 1e3:.1f}-{q3 * 1e3:.1f}); "
-                f"lost per save {lost[kind] * 1e3:7.1f} ms"
+                f"  {kind:5s} lost per save {lost[kind] * 1e3:7.1f} ms (IQR {q1 * 1e3:.1f} to {q3 * 1e3:.1f}); "
+                f"training thread's CPU time per save {spent[kind] * 1e3:.1f} ms"
             )
-        print(f"  ours / DCP async_save lost per save: {lost['ours'] / lost['dcp']:.2f}x")
-        base_cpu = statistics.median(cpu["plain"])
-        spent = {kind: statistics.median(cpu[kind]) - base_cpu for kind in ("dcp", "ours")}
         print(
-            f"  training thread's CPU time per save: DCP {spent['dcp'] * 1e3:.1f} ms, "
-            f"ours {spent['ours'] * 1e3:.1f} ms ({spent['ours'] / spent['dcp']:.2f}x)"
+            f"  ours / DCP async_save: lost per save {lost['ours'] / lost['dcp']:.2f}x, "
+            f"training thread's CPU time {spent['ours'] / spent['dcp']:.2f}x"
         )
         plain_step, ours_step = statistics.median(quiet["plain"]), statistics.median(quiet["ours"])
         print(
@@ -171,8 +166,7 @@ def run(rank: int, world: int, port: int, args: argparse.Namespace, directory: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("ddp", "fsdp"), default="fsdp")
-    parser.add_argument("--blocks", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per block and kind")
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--period", type=int, default=10)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--layers", type=int, default=6)

@@ -184,6 +184,7 @@ def test_ddp_job_killed_and_resumed_ends_bitwise_equal_to_a_straight_run_on_ever
         assert_bitwise_equal(straight[rank], resumed[rank], f"rank {rank}")
     assert_bitwise_equal(resumed[0]["model"], resumed[1]["model"], "the ranks' models")
     assert not torch.equal(resumed[0]["rng"], resumed[1]["rng"]), "each rank restored its own RNG state"
+    assert Store(tmp_path / "killed").hashes() == Store(tmp_path / "straight").hashes(), "no hash of a resume's own"
     assert_committed_and_sound(tmp_path / "killed", 2)
 
 
@@ -242,6 +243,7 @@ def test_fsdp2_job_killed_and_resumed_matches_a_straight_run_and_resumes_on_one_
     straight, resumed = finals(tmp_path / "straight", 2), finals(tmp_path / "resumed", 2)
     for rank in range(2):
         assert_bitwise_equal(straight[rank], resumed[rank], f"rank {rank}")
+    assert Store(tmp_path / "killed").hashes() == Store(tmp_path / "straight").hashes(), "no hash of a resume's own"
 
     # One rank resumes the two-rank checkpoint: DCP reshards it; rank 0's own RNG comes back.
     last = Store(tmp_path / "straight").records

@@ -39,7 +39,9 @@ import logging
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -425,8 +427,9 @@ def _load_sharded(
     state: dict[str, Any] = {"models": {}, "optimizers": {}}
     for name, model in models.items():
         state["models"][name] = get_state_dict(model, [])[0]
-    for name, optimizer in optimizers.items():
-        state["optimizers"][name] = get_state_dict(models[owners[name]], optimizer)[1]
+    with _not_a_step(optimizers.values()):
+        for name, optimizer in optimizers.items():
+            state["optimizers"][name] = get_state_dict(models[owners[name]], optimizer)[1]
     group = coordinator._writes if coordinator is not None else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # a single process, on purpose
@@ -435,6 +438,24 @@ def _load_sharded(
         set_state_dict(model, [], model_state_dict=state["models"][name], optim_state_dict={})
     for name, optimizer in optimizers.items():
         set_state_dict(models[owners[name]], optimizer, model_state_dict={}, optim_state_dict=state["optimizers"][name])
+
+
+@contextmanager
+def _not_a_step(optimizers: Iterable[torch.optim.Optimizer]) -> Iterator[None]:
+    """Silence the optimizers' step hooks while ``get_state_dict`` prepares their state.
+
+    For an optimizer with no state yet (a resume before the first step), ``get_state_dict`` runs
+    a zero-lr ``optimizer.step()`` to create it. That is no training step: the system's hooks
+    would count it, see the lr set to 0 and fork a hash of its own, so they are set aside.
+    """
+    saved = [(o, o._optimizer_step_pre_hooks, o._optimizer_step_post_hooks) for o in optimizers]
+    for optimizer, _, _ in saved:
+        optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks = OrderedDict(), OrderedDict()
+    try:
+        yield
+    finally:
+        for optimizer, pre, post in saved:
+            optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks = pre, post
 
 
 def _owner(optimizer: torch.optim.Optimizer, models: Mapping[str, nn.Module]) -> str:
@@ -453,7 +474,9 @@ def sharded_state_dicts(
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_states = {name: get_state_dict(model, [])[0] for name, model in models.items()}
-    optimizer_states = {
-        name: get_state_dict(models[_owner(optimizer, models)], optimizer)[1] for name, optimizer in optimizers.items()
-    }
+    with _not_a_step(optimizers.values()):
+        optimizer_states = {
+            name: get_state_dict(models[_owner(optimizer, models)], optimizer)[1]
+            for name, optimizer in optimizers.items()
+        }
     return model_states, optimizer_states
