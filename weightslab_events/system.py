@@ -56,6 +56,13 @@ __all__ = ["CheckpointSystem", "PAYLOAD_FORMAT_VERSION", "describe_hyperparams"]
 log = logging.getLogger("weightslab_events")
 
 
+def _ranks() -> int:
+    """How many ranks an initialised ``torch.distributed`` has; 1 when it is not initialised."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 1
+    return torch.distributed.get_world_size()
+
+
 def _coordinator(bus: Bus, components: Callable[[], dict[str, Any]]) -> Coordinator | None:
     """The rank's coordinator under an initialised ``torch.distributed``; ``None`` in a single process."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -194,7 +201,7 @@ class CheckpointSystem(Capturing, Resuming):
 
     def _attach(self, entry: Entry, replaced: bool) -> None:
         name, obj = entry.name, entry.obj
-        if self._distributed is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self._distributed is None and _ranks() > 1:
             raise DistributedSetupError(
                 f"{entry.kind} {name!r} was registered after torch.distributed was initialised, but the checkpoint "
                 "system was created before: its ranks cannot coordinate and would overwrite each other's files. "

@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--keep", type=int, help="retention: keep the latest N checkpoints of each hash")
     parser.add_argument("--resume-hash", help="resume this experiment explicitly instead of resume=True")
     parser.add_argument("--only-rank-0", action="store_true", help="only rank 0 creates a system (a mistake)")
+    parser.add_argument("--system-first", action="store_true", help="create the system before init (a mistake)")
     parser.add_argument("--setup-timeout", type=float, help="seconds a rank waits for the others' systems")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -61,6 +62,14 @@ def main() -> None:
 
         distributed.SETUP_TIMEOUT = args.setup_timeout
 
+    if args.system_first:
+        system = wle.get_checkpoint_system(args.root)
+        dist.init_process_group("gloo")
+        try:
+            wle.register_model("model", nn.Linear(2, 2))
+        except wle.DistributedSetupError as error:
+            print(f"setup: {error}", file=sys.stderr, flush=True)
+            os._exit(3)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
