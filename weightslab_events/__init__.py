@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from .hyperparams import HyperParams
     from .reader import Checkpoint, DataChange, Experiment, Root, open_root
     from .system import CheckpointSystem
+    from .wrappers import UnsupportedOptimizerError
 
 # ``replay`` is both a submodule and a public function: importing the submodule (anything does)
 # would rebind ``wle.replay`` to the module, so the function is bound here, at import (no torch).
@@ -109,6 +110,7 @@ _HOMES: dict[str, str] = {
     ),
     **dict.fromkeys(("Checkpoint", "DataChange", "Experiment", "Root", "open_root"), "weightslab_events.reader"),
     "CheckpointSystem": "weightslab_events.system",
+    "UnsupportedOptimizerError": "weightslab_events.wrappers",
     "Event": "weightslab_events.events",
     "HyperParams": "weightslab_events.hyperparams",
     "load_architecture": "weightslab_events.architecture",
@@ -141,6 +143,7 @@ __all__ = [
     "RootNotFoundError",
     "SystemOptionsError",
     "UnsaveableStateError",
+    "UnsupportedOptimizerError",
     "current_system",
     "data_changed",
     "drain",

@@ -32,6 +32,7 @@ from .ledger import LEDGER
 from .restore import state_of_stateful
 from .system import CheckpointSystem
 from .watch import watch_for
+from .wrappers import unwrap_optimizer
 
 if TYPE_CHECKING:
     from .handlers.retention import RetentionPolicy
@@ -187,11 +188,12 @@ def _refuse_shared_modules(name: str, model: nn.Module) -> None:
 
 
 def register_optimizer(name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Register an optimizer, or a framework's wrapper of one (accelerate, Lightning): see :mod:`.wrappers`."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"register_optimizer({name!r}, ...) needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
-    LEDGER.register("optimizer", name, optimizer)
+    LEDGER.register("optimizer", name, unwrap_optimizer(name, optimizer))
     return optimizer
 
 
