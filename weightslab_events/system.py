@@ -350,6 +350,14 @@ class CheckpointSystem(Capturing, Resuming):
         self.bus.emit("step", step=int(step), driver="user")
         self._complete_pending()
 
+    def use_external_steps(self) -> None:
+        """From now on only :meth:`checkpoint_on_step` counts steps (a framework's own step counter).
+
+        Optimizer steps stop counting at once and no step is announced, so a framework
+        integration's first step is neither counted twice nor saved halfway through its iteration.
+        """
+        self._user_steps = True
+
     def checkpoint_on_model_change(self) -> None:
         self._request("model_change")
 
