@@ -43,3 +43,12 @@ def test_resume_after_crash_example(tmp_path):
     starts = [int(line.rsplit(" ", 1)[1]) for line in out.splitlines() if line.startswith("child: starting at step")]
     assert starts[0] == 0 and 0 < starts[1] < 300, "the restart resumed mid-run"
     assert "bitwise equal to the uninterrupted run: True" in out
+
+
+def test_lightning_example_resumes_and_forks(tmp_path):
+    out = run("lightning_fit.py", tmp_path, "--root", str(tmp_path / "lightning"))
+    assert "first fit: ended at global step 16, epoch 2" in out
+    assert "resumed fit: ended at global step 32, epoch 4" in out
+    tree = out.split("experiment tree:")[1]
+    assert "[4 checkpoints, steps 1-24]" in tree, "the resumed fit continued the first one's experiment"
+    assert "[2 checkpoints, steps 25-32]  <- lr 0.05 -> 0.01 (at step 25)" in tree

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import yaml
 
@@ -134,3 +135,13 @@ def test_a_killed_fit_resumes_mid_epoch_and_at_an_epoch_end_bitwise_equal_to_a_s
     for key, value in expected["optimizer"]["state"].items():
         assert all(torch.equal(resumed["optimizer"]["state"][key][k], v) for k, v in value.items())
     assert torch.equal(resumed["rng"], expected["rng"])
+
+
+def test_resume_together_with_lightnings_ckpt_path_is_refused(tmp_path):
+    trainer = trainer_for(WeightslabCallback(root_log_dir=str(tmp_path / "a"), checkpoint_frequency=None), max_steps=2)
+    model = Classifier()
+    trainer.fit(model, loader())
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    again = trainer_for(WeightslabCallback(root_log_dir=str(tmp_path / "a"), resume=True), max_steps=4)
+    with pytest.raises(ValueError, match=r"resume=True\) and trainer.fit\(ckpt_path="):
+        again.fit(Classifier(), loader(), ckpt_path=tmp_path / "last.ckpt")

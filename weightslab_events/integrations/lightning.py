@@ -113,6 +113,11 @@ class WeightslabCallback(Callback):
     # -- starting ---------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.resume and trainer.ckpt_path is not None:
+            raise ValueError(
+                f"WeightslabCallback(resume=True) and trainer.fit(ckpt_path={trainer.ckpt_path!r}) would both restore "
+                "the model, optimizers and loops: resume from one of them (drop resume=True or ckpt_path)"
+            )
         self.system = api.current_system()
         self._owns_system = self.system is None
         if self.system is None:
