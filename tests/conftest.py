@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,3 +113,18 @@ def blocking_commit(system: wle.CheckpointSystem, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(system.store, "commit", slow)
     return release
+
+
+def run_helper(module: str, *args: str) -> str:
+    """Run ``tests/helpers/<module>.py``'s ``main(args)`` in a fresh process, imported as a module.
+
+    Imported rather than run as a script, so its classes have the same qualified names as in the
+    test process (a run in either resumes the other's experiment). With ``--kill-at`` the helper
+    SIGKILLs itself, and that is the exit expected.
+    """
+    helpers = Path(__file__).parent / "helpers"
+    code = f"import sys; sys.path.insert(0, {str(helpers)!r}); import {module}; {module}.main(sys.argv[1:])"
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=180)
+    expected = -signal.SIGKILL if "--kill-at" in args else 0
+    assert result.returncode == expected, result.stderr[-3000:]
+    return result.stdout

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,12 +9,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from conftest import run_helper
 
 import weightslab_events as wle
 from weightslab_events.integrations.lightning import WeightslabCallback
 
-WORKER = Path(__file__).parent / "helpers" / "lightning_worker.py"
-sys.path.insert(0, str(WORKER.parent))
+HELPERS = Path(__file__).parent / "helpers"
+sys.path.insert(0, str(HELPERS))
 
 import lightning_worker  # noqa: E402
 from lightning_worker import Classifier  # noqa: E402
@@ -101,31 +100,26 @@ def test_an_lr_edit_through_lightnings_optimizer_wrapper_forks_at_the_next_step(
     assert "lr 0.05 -> 0.001" in forks[7]
 
 
-def run_worker(root: Path, out: Path, *args: str) -> str:
-    """Start the worker as a user starts a script; with ``--kill-at`` it SIGKILLs itself."""
-    command = [sys.executable, str(WORKER), "--root", str(root), "--out", str(out), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == (-signal.SIGKILL if "--kill-at" in args else 0), result.stderr[-2000:]
-    return result.stdout
-
-
 def first_batch(output: str) -> tuple[int, int, int]:
     line = next(line for line in output.splitlines() if line.startswith("first batch: "))
     values = dict(part.split("=") for part in line.split()[2:])
     return int(values["global_step"]), int(values["epoch"]), int(values["batch"])
 
 
-def test_a_killed_fit_resumes_mid_epoch_and_at_an_epoch_end_bitwise_equal_to_a_straight_fit(tmp_path):
+def test_a_killed_fit_resumes_mid_epoch_and_at_an_epoch_end_bitwise_equal_to_a_straight_fit(tmp_path, capsys):
     """8 batches an epoch, 3 epochs; killed after step 13 and after step 18, restarted each time."""
     straight = tmp_path / "straight.pt"
     lightning_worker.main(["--root", str(tmp_path / "straight"), "--out", str(straight), "--freq", "4"])
     root, out = tmp_path / "crashed", tmp_path / "crashed.pt"
+    common = ["--root", str(root), "--out", str(out), "--freq", "4"]
 
-    assert first_batch(run_worker(root, out, "--freq", "4", "--kill-at", "13")) == (0, 0, 0)
+    assert first_batch(run_helper("lightning_worker", *common, "--kill-at", "13")) == (0, 0, 0)
     # the newest checkpoint is step 12: epoch 1 after its 4th batch
-    assert first_batch(run_worker(root, out, "--freq", "4", "--kill-at", "18")) == (12, 1, 4)
-    # step 16 ended epoch 1, so the last restart begins epoch 2 at its first batch
-    assert first_batch(run_worker(root, out, "--freq", "4")) == (16, 2, 0)
+    assert first_batch(run_helper("lightning_worker", *common, "--kill-at", "18")) == (12, 1, 4)
+    # step 16 ended epoch 1, so the last restart (in this process) begins epoch 2 at its first batch
+    capsys.readouterr()
+    lightning_worker.main(common)
+    assert first_batch(capsys.readouterr().out) == (16, 2, 0)
 
     expected, resumed = torch.load(straight), torch.load(out)
     assert resumed["global_step"] == expected["global_step"] == 24
