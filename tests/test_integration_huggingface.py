@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import run_helper
@@ -78,3 +79,14 @@ def test_a_killed_training_resumes_at_an_epoch_end_and_mid_epoch_bitwise_equal_t
     for key, tensor in expected["model"].items():
         assert torch.equal(resumed["model"][key], tensor), key
     assert torch.equal(resumed["rng"], expected["rng"])
+
+
+def test_resume_together_with_the_trainers_resume_from_checkpoint_is_refused(tmp_path):
+    args = hf_worker.arguments(str(tmp_path / "hf"), accumulate=1, epochs=1)
+    args.save_strategy, args.save_steps, args.max_steps = "steps", 2, 2
+    first = WeightslabTrainerCallback(root_log_dir=str(tmp_path / "wle"), checkpoint_frequency=None)
+    Trainer(model=hf_worker.tiny_gpt2(), args=args, train_dataset=hf_worker.TokenData(), callbacks=[first]).train()
+    again = WeightslabTrainerCallback(root_log_dir=str(tmp_path / "wle"), resume=True)
+    trainer = Trainer(model=hf_worker.tiny_gpt2(), args=args, train_dataset=hf_worker.TokenData(), callbacks=[again])
+    with pytest.raises(ValueError, match=r"resume=True\) and trainer.train\(resume_from_checkpoint=...\)"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "hf" / "checkpoint-2"))

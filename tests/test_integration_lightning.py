@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import run_helper
+from torch import nn
 
 import weightslab_events as wle
 from weightslab_events.integrations.lightning import WeightslabCallback
@@ -139,3 +140,25 @@ def test_resume_together_with_lightnings_ckpt_path_is_refused(tmp_path):
     again = trainer_for(WeightslabCallback(root_log_dir=str(tmp_path / "a"), resume=True), max_steps=4)
     with pytest.raises(ValueError, match=r"resume=True\) and trainer.fit\(ckpt_path="):
         again.fit(Classifier(), loader(), ckpt_path=tmp_path / "last.ckpt")
+
+
+def test_a_module_class_defined_inside_a_function_is_checkpointed(tmp_path, caplog):
+    class LocalModule(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(16, 4)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    callback = WeightslabCallback(root_log_dir=str(tmp_path), checkpoint_frequency=2)
+    trainer_for(callback, max_steps=4).fit(LocalModule(), loader())
+    types = [e.type for e in events(tmp_path)]
+    assert "checkpoint_failed" not in types
+    assert types.count("checkpoint_saved") == 3  # start (1), 2, 4
+    warnings = [r.getMessage() for r in caplog.records if "cannot be pickled" in r.getMessage()]
+    assert len(warnings) == 1 and "LocalModule" in warnings[0], "warned once, naming the class"

@@ -145,6 +145,11 @@ class WeightslabTrainerCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if self.resume and state.global_step > 0:
+            raise ValueError(
+                f"WeightslabTrainerCallback(resume=True) and trainer.train(resume_from_checkpoint=...) (at global step "
+                f"{state.global_step}) would both restore the model, optimizer and position: resume from one of them"
+            )
         self.system = api.current_system()
         self._owns_system = self.system is None
         if self.system is None:
