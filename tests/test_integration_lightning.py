@@ -162,3 +162,24 @@ def test_a_module_class_defined_inside_a_function_is_checkpointed(tmp_path, capl
     assert types.count("checkpoint_saved") == 3  # start (1), 2, 4
     warnings = [r.getMessage() for r in caplog.records if "cannot be pickled" in r.getMessage()]
     assert len(warnings) == 1 and "LocalModule" in warnings[0], "warned once, naming the class"
+
+
+class FailsAfterStep5(Classifier):
+    """Raises right after the optimizer's 5th step, before Lightning's batch end: a torn iteration."""
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.trainer.global_step == 5:
+            raise RuntimeError("out of memory, say")
+
+
+def test_an_exception_mid_iteration_saves_nothing_of_it_and_the_next_fit_takes_the_system_over(tmp_path):
+    callback = WeightslabCallback(root_log_dir=str(tmp_path), checkpoint_frequency=3)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer_for(callback, max_steps=8).fit(FailsAfterStep5(), loader())
+    saved = sorted(e.step for e in events(tmp_path) if e.type == "checkpoint_saved")
+    assert saved == [1, 3], "nothing of the torn iteration is saved as a final checkpoint"
+    system = wle.current_system()
+    assert system is not None, "left open: closing would have saved the torn state as final"
+    trainer_for(callback, max_steps=3).fit(Classifier(), loader())
+    assert wle.current_system() is None, "the next fit took the system over and closed it"

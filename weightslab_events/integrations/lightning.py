@@ -25,15 +25,19 @@ What the callback does, and why each choice:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from .. import api
+from ..errors import CheckpointError
 from ..system import CheckpointSystem
 
 __all__ = ["WeightslabCallback"]
+
+log = logging.getLogger("weightslab_events")
 
 
 class _LoopPosition:
@@ -104,6 +108,7 @@ class WeightslabCallback(Callback):
         self.system_options = system_options
         self.system: CheckpointSystem | None = None
         self._owns_system = False
+        self._opened: CheckpointSystem | None = None
         self._position = _LoopPosition()
         self._announced_step: int | None = None
         self._first_epoch = True
@@ -119,7 +124,8 @@ class WeightslabCallback(Callback):
                 "the model, optimizers and loops: resume from one of them (drop resume=True or ckpt_path)"
             )
         self.system = api.current_system()
-        self._owns_system = self.system is None
+        # A system this callback opened and left open after an exception is still its own.
+        self._owns_system = self.system is None or self.system is self._opened
         if self.system is None:
             self.system = api.get_checkpoint_system(
                 self.root_log_dir,
@@ -127,6 +133,7 @@ class WeightslabCallback(Callback):
                 resume=self.resume,
                 **self.system_options,
             )
+            self._opened = self.system
         self.system.use_external_steps()
         self._position = _LoopPosition()
         self._position.trainer = trainer
@@ -202,11 +209,26 @@ class WeightslabCallback(Callback):
         self._close()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._close()
+        """Make the scheduled saves durable, but save nothing of the interrupted iteration.
+
+        Closing would save a final checkpoint of the state as it is now: between two steps (an
+        optimizer may have stepped, random numbers were drawn), labelled with the last step, so a
+        resume from it would not be exact. The system stays open instead: a restarted process
+        resumes from the newest checkpoint, and the next ``fit`` with this callback takes the
+        system over and closes it at its end.
+        """
+        system, self.system = self.system, None
+        if system is None:
+            return
+        try:
+            system.wait(system.close_timeout)
+        except CheckpointError as error:
+            log.warning("after the exception in fit, some checkpoints could not be written: %s", error)
 
     def _close(self) -> None:
         system, self.system = self.system, None
         if system is not None and self._owns_system:
+            self._opened = None
             system.close()
 
     def state_dict(self) -> dict[str, Any]:
