@@ -90,3 +90,19 @@ def test_resume_together_with_the_trainers_resume_from_checkpoint_is_refused(tmp
     trainer = Trainer(model=hf_worker.tiny_gpt2(), args=args, train_dataset=hf_worker.TokenData(), callbacks=[again])
     with pytest.raises(ValueError, match=r"resume=True\) and trainer.train\(resume_from_checkpoint=...\)"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "hf" / "checkpoint-2"))
+
+
+def test_after_a_train_that_raised_the_next_train_takes_the_system_over_and_closes_it(tmp_path):
+    class Boom(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("disk quota, say")
+
+    callback = WeightslabTrainerCallback(root_log_dir=str(tmp_path / "wle"), checkpoint_frequency=2)
+    args = hf_worker.arguments(str(tmp_path / "hf"), accumulate=1, epochs=1)
+    model = hf_worker.tiny_gpt2()
+    with pytest.raises(RuntimeError, match="disk quota"):
+        Trainer(model=model, args=args, train_dataset=hf_worker.TokenData(), callbacks=[callback, Boom()]).train()
+    assert wle.current_system() is not None
+    Trainer(model=model, args=args, train_dataset=hf_worker.TokenData(), callbacks=[callback]).train()
+    assert wle.current_system() is None

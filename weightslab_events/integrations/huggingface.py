@@ -139,6 +139,7 @@ class WeightslabTrainerCallback(TrainerCallback):
         self.system_options = system_options
         self.system: CheckpointSystem | None = None
         self._owns_system = False
+        self._opened: CheckpointSystem | None = None
         self._rng_before_first_step: dict[str, Any] | None = None
         self._patched: Trainer | None = None
 
@@ -150,8 +151,10 @@ class WeightslabTrainerCallback(TrainerCallback):
                 f"WeightslabTrainerCallback(resume=True) and trainer.train(resume_from_checkpoint=...) (at global step "
                 f"{state.global_step}) would both restore the model, optimizer and position: resume from one of them"
             )
+        self._unpatch()  # left by a train() that raised (the Trainer has no exception hook)
         self.system = api.current_system()
-        self._owns_system = self.system is None
+        # A system this callback opened and a raising train() left open is still its own.
+        self._owns_system = self.system is None or self.system is self._opened
         if self.system is None:
             self.system = api.get_checkpoint_system(
                 self.root_log_dir,
@@ -159,6 +162,7 @@ class WeightslabTrainerCallback(TrainerCallback):
                 resume=self.resume,
                 **self.system_options,
             )
+            self._opened = self.system
         self.system.use_external_steps()
         position = _TrainerPosition(state)
         api.register_stateful("trainer_state", position)
@@ -214,9 +218,13 @@ class WeightslabTrainerCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self._unpatch()
+        system, self.system = self.system, None
+        if system is not None and self._owns_system:
+            self._opened = None
+            system.close()
+
+    def _unpatch(self) -> None:
         if self._patched is not None:
             del self._patched._run_epoch
             self._patched = None
-        system, self.system = self.system, None
-        if system is not None and self._owns_system:
-            system.close()
