@@ -17,8 +17,9 @@ import shutil
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
+import weightslab_events as wle
 from weightslab_events.integrations.huggingface import WeightslabTrainerCallback
-from weightslab_events.tree import load_experiments, render_tree
+from weightslab_events.tree import render_tree
 
 
 class RandomTokens(torch.utils.data.Dataset):
@@ -72,7 +73,7 @@ def main() -> None:
     trainer = train(args.root, resume=False)
     print(f"trained: global step {trainer.state.global_step}, epoch {trainer.state.epoch:g}")
     print("\nexperiment tree:")
-    print(render_tree(load_experiments(args.root)))
+    print(render_tree(wle.open_root(args.root)))
 
 
 if __name__ == "__main__":

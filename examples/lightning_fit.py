@@ -18,8 +18,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+import weightslab_events as wle
 from weightslab_events.integrations.lightning import WeightslabCallback
-from weightslab_events.tree import load_experiments, render_tree
+from weightslab_events.tree import render_tree
 
 
 class Classifier(pl.LightningModule):
@@ -72,7 +73,7 @@ def main() -> None:
     trainer = fit(args.root, epochs=4, resume=True, lower_lr_after_epoch=2)
     print(f"resumed fit: ended at global step {trainer.global_step}, epoch {trainer.current_epoch}")
     print("\nexperiment tree:")
-    print(render_tree(load_experiments(args.root)))
+    print(render_tree(wle.open_root(args.root)))
 
 
 if __name__ == "__main__":

@@ -51,12 +51,12 @@ def test_lightning_example_resumes_and_forks(tmp_path):
     assert "resumed fit: ended at global step 32, epoch 4" in out
     tree = out.split("experiment tree:")[1]
     assert "[4 checkpoints, steps 1-24]" in tree, "the resumed fit continued the first one's experiment"
-    assert "[2 checkpoints, steps 25-32]  <- lr 0.05 -> 0.01 (at step 25)" in tree
+    assert "[2 checkpoints, steps 25-32]  <- optimizer.lr 0.05 -> 0.01 (at step 25)" in tree
 
 
 def test_huggingface_example_forks_on_an_optimizer_edit(tmp_path):
     out = run("huggingface_trainer.py", tmp_path, "--root", str(tmp_path / "hf"))
     assert "trained: global step 12, epoch 2" in out
     tree = out.split("experiment tree:")[1]
-    assert "[2 checkpoints, steps 1-4]" in tree
-    assert "[3 checkpoints, steps 7-12]  <- weight_decay 0.01 -> 0 (at step 7)" in tree
+    assert "[2 checkpoints, steps 1-6]" in tree
+    assert "[3 checkpoints, steps 7-12]  <- optimizer.weight_decay 0.01 -> 0 (at step 7)" in tree
