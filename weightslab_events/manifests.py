@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from . import safe_yaml
 from .errors import InvalidNameError, ManifestError
 from .names import validate_name
 
@@ -62,7 +63,7 @@ def check_digest(text: str) -> str | None:
             return "its SHA-256 digest line does not match its content (damaged or edited)"
         return None
     try:
-        version = (yaml.safe_load(text) or {}).get("format_version")
+        version = (safe_yaml.load(text) or {}).get("format_version")
     except (yaml.YAMLError, AttributeError):
         return "it is not valid YAML"
     if version == 1:
@@ -105,7 +106,7 @@ def parse_manifest(path: Path, text: str, *, digest: bool = True) -> dict[str, A
     if problem is not None:
         raise ManifestError(path, problem)
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
     except yaml.YAMLError as error:
         raise ManifestError(path, f"it is not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(data, dict):

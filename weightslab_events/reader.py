@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from . import safe_yaml
 from .diffing import architecture_differences, hyperparameter_differences
 from .errors import (
     AmbiguousHashError,
@@ -55,8 +56,6 @@ __all__ = ["Checkpoint", "DataChange", "Experiment", "Root", "Which", "open_root
 
 #: A checkpoint selector: a step, ``"latest"`` or ``"best:<metric>"`` (``"best:<metric>:max"``).
 Which = int | str
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def open_root(path: str | os.PathLike[str]) -> Root:
@@ -339,7 +338,7 @@ class Root:
         if not path.is_file():
             return {}, None
         try:
-            config = yaml.load(path.read_bytes().decode("utf-8"), Loader=_Loader) or {}
+            config = safe_yaml.load(path.read_bytes().decode("utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             return {}, f"{name} is not valid YAML ({_one_line(error)[:120]})"
         if not isinstance(config, dict):

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from . import safe_yaml
 from .errors import CheckpointNotFoundError, ManifestError
 from .fingerprint import canonical, from_canonical
+from .listedfiles import DamagedFileError, read_verified
 from .reader import resolve_prefix
 from .restore import check_architecture, restore_stateful
 from .snapshot import restore_rng
@@ -190,13 +192,33 @@ class Resuming:
             )
 
     def _stored_components(self, hash: str) -> dict[str, Any]:
-        """The component descriptions ``hash`` was created with (config and architecture files)."""
+        """The component descriptions ``hash`` was created with (config and architecture files).
+
+        Each file is checked against the manifest's size and SHA-256 *before* it is parsed: a
+        damaged or crafted one (a YAML alias bomb would hang the walk below) is reported as
+        ``checkpoint_corrupted`` and left out, so the hash follows the live objects alone.
+        """
         try:
-            config = yaml.safe_load(self.store.config_path(hash).read_text(encoding="utf-8")) or {}
-            models = json.loads(self.store.architecture_path(hash, "json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, yaml.YAMLError):
+            listed = self.store.manifest(hash).get("files") or {}
+        except (ManifestError, OSError):
             return {}
-        return {key: canonical(value) for key, value in {**config, **models}.items()}
+        stored: dict[str, Any] = {}
+        for path, parse in (
+            (self.store.config_path(hash), safe_yaml.load),
+            (self.store.architecture_path(hash, "json"), json.loads),
+        ):
+            expected = listed.get(path.relative_to(self.store.exp_dir(hash)).as_posix())
+            try:
+                value = parse(read_verified(path, expected).decode("utf-8")) or {}
+                if not isinstance(value, dict):
+                    raise ValueError("it does not hold a mapping")
+                stored.update({key: canonical(item) for key, item in value.items()})
+            except DamagedFileError as error:
+                if expected is not None or error.problem != "file is missing":
+                    self._report_corrupt(hash, Fault(hash, path, error.problem))
+            except (ValueError, yaml.YAMLError, RecursionError) as error:
+                self._report_corrupt(hash, Fault(hash, path, f"cannot be parsed: {' '.join(str(error).split())}"))
+        return stored
 
     def _maybe_auto_resume(self) -> None:
         if not self._auto_resume or self.experiment_hash is None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from . import safe_yaml
 from .errors import InvalidNameError, ManifestError
 from .logsummary import tolerant_events
 from .manifests import parse_manifest
@@ -72,7 +73,7 @@ def _legacy_check(path: Path) -> str | None:
     """What a file without a recorded checksum allows to check."""
     try:
         if path.suffix == ".yaml":
-            yaml.safe_load(path.read_bytes().decode("utf-8"))
+            safe_yaml.load(path.read_bytes().decode("utf-8"))
         elif path.suffix == ".json":
             json.loads(path.read_bytes().decode("utf-8"))
         elif path.suffix == ".pkl":

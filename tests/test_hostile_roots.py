@@ -1,0 +1,91 @@
+"""Crafted and damaged roots met by training and by the command line: no hang, no escape, no raw bytes.
+
+Each test builds a real root with real training, damages or crafts it as the adversarial pass
+did, then runs what a user runs (training with ``resume=True``, the CLI as a process).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import close_all, mlp, train
+from test_damage import copy_root, make_root
+
+import weightslab_events as wle
+from weightslab_events.testing import Recorder
+
+#: The classic "billion laughs": 700 bytes of nested aliases that expand to 9^9 items when walked.
+ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> tuple[Path, list[str]]:
+    close_all()
+    root = tmp_path_factory.mktemp("pristine") / "experiments"
+    return root, make_root(root)
+
+
+def config_path(root: Path, h: str) -> Path:
+    return root / "checkpoints" / h / "hp" / f"{h}_config.yaml"
+
+
+def cli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The command line as a user runs it: a process of its own (a hang fails at ``timeout``)."""
+    command = [sys.executable, "-m", "weightslab_events", *(str(a) for a in args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def same_size_alias_bomb(original: bytes) -> str:
+    """An alias bomb padded to the original config's size: only its SHA-256 tells it apart."""
+    text = "a: &a [lol, lol, lol]\nb: [*a, *a, *a]\n# "
+    return text + "x" * (len(original) - len(text) - 1) + "\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("same_size", [False, True], ids=["bomb", "same-size-bomb"])
+def test_resume_never_parses_a_config_that_fails_its_checksum(pristine, tmp_path, same_size):
+    root, hashes = copy_root(pristine, tmp_path)
+    bomb = config_path(root, hashes[0])
+    size = bomb.stat().st_size
+    bomb.write_text(same_size_alias_bomb(bomb.read_bytes()) if same_size else ALIAS_BOMB)
+    system = wle.get_checkpoint_system(str(root), checkpoint_frequency=None, resume=True)
+    with Recorder(system.bus) as recorder:
+        model = wle.register_model("model", mlp())
+        optimizer = wle.register_optimizer("optimizer", torch.optim.SGD(model.parameters(), lr=0.1))
+        wle.register_hyperparams("config", {"batch_size": 16})  # the hash whose config is a bomb
+        assert system.step == 4, "the checkpoints verify, so training resumes from the newest"
+        corrupted = [e.data for e in recorder.of_type("checkpoint_corrupted")]
+        problem = (
+            "SHA-256 checksum does not match the manifest (corrupted)"
+            if same_size
+            else f"size is more than {size} bytes, manifest says {size} (damaged)"
+        )
+        assert [(Path(c["file"]), c["problem"]) for c in corrupted] == [(bomb, problem)]
+        assert system.experiment_hash == hashes[0], "the live objects alone still give the hash"
+    train(model, optimizer, 1)
+    close_all()
+
+
+def test_a_config_alias_bomb_is_one_damaged_hash_for_every_command(pristine, tmp_path):
+    root, hashes = copy_root(pristine, tmp_path)
+    config_path(root, hashes[0]).write_text(ALIAS_BOMB)
+    listing = cli("ls", root)
+    assert listing.returncode == 0, listing.stderr
+    damaged = [line for line in listing.stdout.splitlines() if "damaged" in line]
+    assert len(damaged) == 1 and hashes[0] in damaged[0] and "alias" in damaged[0], listing.stdout
+    assert hashes[1] in listing.stdout
+    shown = cli("show", root, hashes[0][:8])
+    assert shown.returncode == 0 and "damaged:" in shown.stdout and "alias" in shown.stdout, shown
+    for command in (("show", root, hashes[1][:8]), ("diff", root, hashes[0][:8], hashes[1][:8])):
+        assert cli(*command).returncode == 0, command
+    verified = cli("verify", root)
+    assert verified.returncode == 1 and f"{hashes[0]}_config.yaml" in verified.stderr, verified
+    for command in (("gc", root, "--keep-last", "1"), ("report", root, "-o", tmp_path / "r.html")):
+        done = cli(*command)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (command, done)
