@@ -6,6 +6,7 @@ did, then runs what a user runs (training with ``resume=True``, the CLI as a pro
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,26 @@ def test_a_config_alias_bomb_is_one_damaged_hash_for_every_command(pristine, tmp
     for command in (("gc", root, "--keep-last", "1"), ("report", root, "-o", tmp_path / "r.html")):
         done = cli(*command)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (command, done)
+
+
+def tree_state(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "link",
+    ["logs/events.jsonl", "logs", "checkpoints/{h}", "checkpoints/{h}/model", "checkpoints/{h}/hp", "data"],
+)
+def test_a_link_below_the_root_is_refused_at_start_and_nothing_outside_changes(pristine, tmp_path, link):
+    root, hashes = copy_root(pristine, tmp_path)
+    inside = root / link.format(h=hashes[0])
+    outside = tmp_path / "outside" / inside.name
+    outside.parent.mkdir()
+    shutil.move(inside, outside)  # the link leads to what was there, as a user's link would
+    inside.symlink_to(outside, target_is_directory=outside.is_dir())
+    before = tree_state(tmp_path / "outside")
+    with pytest.raises(wle.SymlinkInRootError, match=f"{inside} is a symbolic link") as refused:
+        wle.get_checkpoint_system(str(root), checkpoint_frequency=1, resume=True)
+    assert refused.value.path == inside
+    assert wle.current_system() is None
+    assert tree_state(tmp_path / "outside") == before

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
         NotDescribableError,
         RankDisagreementError,
         RootNotFoundError,
+        SymlinkInRootError,
         SystemOptionsError,
         UnsaveableStateError,
     )
@@ -103,6 +104,7 @@ _HOMES: dict[str, str] = {
             "NotDescribableError",
             "RankDisagreementError",
             "RootNotFoundError",
+            "SymlinkInRootError",
             "SystemOptionsError",
             "UnsaveableStateError",
         ),
@@ -141,6 +143,7 @@ __all__ = [
     "RetentionPolicy",
     "Root",
     "RootNotFoundError",
+    "SymlinkInRootError",
     "SystemOptionsError",
     "UnsaveableStateError",
     "UnsupportedOptimizerError",

@@ -14,6 +14,7 @@ __all__ = [
     "NotDescribableError",
     "RankDisagreementError",
     "RootNotFoundError",
+    "SymlinkInRootError",
     "SystemOptionsError",
     "UnsaveableStateError",
 ]
@@ -82,3 +83,14 @@ class AmbiguousHashError(LookupError):
 
 class RootNotFoundError(FileNotFoundError):
     """The path given as an experiments root does not exist or holds no ``checkpoints/`` folder."""
+
+
+class SymlinkInRootError(ValueError):
+    """A folder or file the live system writes below its root is a symbolic link; ``path`` names it."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(
+            f"{path} is a symbolic link; weightslab-events never writes through a link below its root "
+            "(it could lead out of it): replace the link with a real folder or file, or choose another root"
+        )
+        self.path = path

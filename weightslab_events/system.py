@@ -37,6 +37,7 @@ from .ledger import LEDGER, Entry, Ledger
 from .pending import PAYLOAD_FORMAT_VERSION, PendingSnapshot, Registered
 from .restore import restore_stateful
 from .resuming import Resuming
+from .rootlinks import refuse_links
 from .saver import Saver
 from .store import FileSystem, Store
 from .watch import (
@@ -122,6 +123,7 @@ class CheckpointSystem(Capturing, Resuming):
         ):
             raise ValueError(f"checkpoint_frequency must be a positive integer or None, got {checkpoint_frequency!r}")
         # Resolved now: a later os.chdir() must not split the checkpoints over two trees.
+        refuse_links(Path(os.path.abspath(os.path.expanduser(root_log_dir))))
         self.store = Store(os.path.abspath(os.path.expanduser(root_log_dir)), file_system)
         stale = self.store.open()
         self.bus = Bus(strict=strict_handlers)
