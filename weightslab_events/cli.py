@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from .clirender import EventPrinter, console, errors, ls_table, print_checkpoints, size_text, when
 from .eventlog import EventLogError
 from .events import Event
 from .reader import Root, open_root
+from .terminal import printable
 
 __all__ = ["main"]
 
@@ -46,12 +48,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except KeyError as error:
-            raise _Failed(str(error.args[0] if error.args else error)) from None
+            raise _Failed(printable(error.args[0] if error.args else error)) from None
         except (LookupError, OSError, ValueError) as error:
-            raise _Failed(" ".join(str(error).split())) from None
+            raise _Failed(printable(" ".join(str(error).split()))) from None
         except Exception as error:  # the promise is: no traceback, ever
             bug = f"unexpected {type(error).__name__}: {error} (a bug in weightslab-events; please report it)"
-            raise _Failed(bug) from None
+            raise _Failed(printable(bug)) from None
 
     return wrapper
 
@@ -59,7 +61,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _open(root: str) -> Root:
     opened = open_root(root)
     for problem in opened.problems:
-        errors.print(f"warning: {problem}", markup=False, soft_wrap=True)
+        errors.print(printable(f"warning: {problem}"), markup=False, soft_wrap=True)
     return opened
 
 
@@ -114,25 +116,28 @@ def show(root: str, hash: str, as_json: bool) -> None:
             }
         )
         return
-    console.print(f"[bold]experiment {exp.hash}[/bold]  created {when(exp.created)}  size {size_text(exp.size)}")
+    created = escape(printable(when(exp.created)))
+    console.print(f"[bold]experiment {exp.hash}[/bold]  created {created}  size {size_text(exp.size)}")
     if exp.damage:
-        console.print(f"[red]damaged:[/red] {exp.damage}", soft_wrap=True)
+        console.print(f"[red]damaged:[/red] {escape(printable(exp.damage))}", soft_wrap=True)
     console.print("\n[bold]lineage[/bold]")
     for depth, item in enumerate(lineage):
         why = f"  <- {item.cause} (at step {item.fork_step})" if item.parent else "  (root)"
-        console.print(f"{'  ' * depth}{item.hash}{why}", markup=False)
+        console.print(printable(f"{'  ' * depth}{item.hash}{why}"), markup=False)
     console.print("\n[bold]hyperparameters[/bold]")
     console.print(_yaml(config) if config else "(none recorded)", markup=False)
     console.print("\n[bold]architecture[/bold]")
-    console.print(architecture.rstrip() if architecture else "(none recorded)", markup=False)
+    drawing = printable(architecture.rstrip(), keep_newlines=True) if architecture else "(none recorded)"
+    console.print(drawing, markup=False)
     console.print("\n[bold]data changes[/bold]")
     summary = exp.data_summary()
     if not summary:
         console.print("(none)")
     for kind, counts in summary.items():
-        console.print(f"  {kind}: {counts['changes']} announcement(s), {counts['samples']} sample(s)", markup=False)
+        line = f"  {kind}: {counts['changes']} announcement(s), {counts['samples']} sample(s)"
+        console.print(printable(line), markup=False)
     for change in exp.data_changes:
-        console.print(f"    step {change.step}: {change.words}", markup=False)
+        console.print(printable(f"    step {change.step}: {change.words}"), markup=False)
     print_checkpoints(exp.checkpoints, console)
 
 
@@ -160,7 +165,7 @@ def diff(root: str, a: str, b: str, as_json: bool) -> None:
     for section, lines in found.items():
         console.print(f"\n[bold]{section}[/bold]")
         for line in lines or ["(no differences)"]:
-            console.print(f"  {line}", markup=False)
+            console.print(printable(f"  {line}"), markup=False)
 
 
 @main.command()
@@ -254,7 +259,8 @@ def verify(root: str, as_json: bool) -> None:
         _emit_json({"checkpoints": checkpoints, "verified": checkpoints - bad_checkpoints, "faults": listing})
     else:
         for fault in faults:
-            errors.print(f"BAD {_relative(store.root, fault.file)}: {fault.problem}", markup=False, soft_wrap=True)
+            bad = printable(f"BAD {_relative(store.root, fault.file)}: {fault.problem}")
+            errors.print(bad, markup=False, soft_wrap=True)
         console.print(
             f"{checkpoints - bad_checkpoints} of {checkpoints} checkpoints verified; "
             f"{len(faults)} damaged file(s) in {checked - 1} experiment folder(s)"
@@ -298,9 +304,10 @@ def gc(
         return
     verb = "would delete" if dry_run else "deleted"
     for item in result.deleted:
-        console.print(f"{verb} {item['path']} (step {item['step']}, {item['reason']})", markup=False, soft_wrap=True)
+        line = f"{verb} {item['path']} (step {item['step']}, {item['reason']})"
+        console.print(printable(line), markup=False, soft_wrap=True)
     for hash, why in result.skipped:
-        errors.print(f"skipped {hash}: {why}", markup=False, soft_wrap=True)
+        errors.print(printable(f"skipped {hash}: {why}"), markup=False, soft_wrap=True)
     freed = "would free" if dry_run else "freed"
     console.print(f"{len(result.deleted)} checkpoints, {freed} {size_text(result.freed)} ({policy!r})", markup=False)
 
@@ -324,10 +331,10 @@ def replay_command(source: str, as_json: bool) -> None:
         return
     console.print("[bold]hashes[/bold]")
     for old, new, cause in result.hash_changes:
-        console.print(f"  {old or '-'} -> {new}  ({cause})", markup=False)
+        console.print(printable(f"  {old or '-'} -> {new}  ({cause})"), markup=False)
     console.print("[bold]checkpoint decisions[/bold]")
     for hash, step, reason in result.checkpoints:
-        console.print(f"  {hash} step {step:>6}  {reason}", markup=False)
+        console.print(printable(f"  {hash} step {step:>6}  {reason}"), markup=False)
 
 
 @main.command()
@@ -340,4 +347,4 @@ def report(root: str, output: str) -> None:
 
     opened = _open(root)
     path = build_report(opened, output)
-    console.print(f"wrote {path}", markup=False, soft_wrap=True)
+    console.print(printable(f"wrote {path}"), markup=False, soft_wrap=True)

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from .events import Event
 from .records import Checkpoint, DataChange, Experiment, ranges_text
+from .terminal import printable
 from .wording import cause_in_words
 
 __all__ = ["EventPrinter", "console", "errors", "ls_table", "print_checkpoints", "size_text", "when"]
@@ -55,8 +56,8 @@ def when(text: str, short: bool = False) -> str:
 
 def _cause_cell(exp: Experiment) -> Text:
     if exp.damage:
-        return Text(f"damaged: {exp.damage}", style="red", no_wrap=True, overflow="ellipsis")
-    return Text(exp.cause or "-", no_wrap=True, overflow="ellipsis")
+        return Text(printable(f"damaged: {exp.damage}"), style="red", no_wrap=True, overflow="ellipsis")
+    return Text(printable(exp.cause or "-"), no_wrap=True, overflow="ellipsis")
 
 
 def _table(rows: Sequence[Experiment], title: str, compact: bool) -> Table:
@@ -79,13 +80,13 @@ def _table(rows: Sequence[Experiment], title: str, compact: bool) -> Table:
     for e in rows:
         table.add_row(
             e.hash[:width] if compact else e.hash,
-            (e.parent or "-")[:width],
+            Text(printable(e.parent or "-")[:width]),
             "-" if e.fork_step is None else str(e.fork_step),
             _cause_cell(e),
             ranges_text(e.trained),
             str(len(e.checkpoints)),
             size_text(e.size),
-            when(e.created, short=compact),
+            Text(printable(when(e.created, short=compact))),
         )
     return table
 
@@ -104,8 +105,9 @@ def print_checkpoints(checkpoints: Sequence[Checkpoint], target: Console) -> Non
     for column in ("step", "reason", "size", "sha256", "created", "metrics"):
         table.add_column(column, no_wrap=column != "metrics")
     for c in checkpoints:
-        metrics = ", ".join(f"{k}={v:g}" for k, v in c.metrics.items())
-        table.add_row(str(c.step), c.reason, size_text(c.size), c.sha256[:12], when(c.created), metrics or "-")
+        metrics = printable(", ".join(f"{k}={v:g}" for k, v in c.metrics.items()))
+        cells = (printable(c.reason), size_text(c.size), printable(c.sha256[:12]), printable(when(c.created)))
+        table.add_row(str(c.step), *(Text(cell) for cell in cells), Text(metrics or "-"))
     target.print(table)
 
 
@@ -138,7 +140,7 @@ class EventPrinter:
             return
         exp = (event.exp or "-")[:8]
         line = f"{event.seq:>6} step {event.step:>6}  {exp:8}  {event.type:24} {self.summary(event)}"
-        self.target.print(line, markup=False, highlight=False)
+        self.target.print(printable(line), markup=False, highlight=False)
 
     def _follow(self, event: Event) -> None:
         data = event.data
