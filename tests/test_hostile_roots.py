@@ -113,3 +113,36 @@ def test_a_link_below_the_root_is_refused_at_start_and_nothing_outside_changes(p
     assert refused.value.path == inside
     assert wle.current_system() is None
     assert tree_state(tmp_path / "outside") == before
+
+
+def test_a_damaged_manifest_of_the_trained_hash_is_set_aside_and_the_run_is_saved(pristine, tmp_path, caplog):
+    root, hashes = copy_root(pristine, tmp_path)
+    manifest = root / "checkpoints" / hashes[0] / "manifest.yaml"
+    damaged = manifest.read_bytes()[: manifest.stat().st_size // 2]
+    manifest.write_bytes(damaged)
+    old_checkpoints = {p.name: p.read_bytes() for p in (manifest.parent / "model").glob("*_step_*.pt")}
+    system = wle.get_checkpoint_system(str(root), checkpoint_frequency=2, resume=True)
+    model = wle.register_model("model", mlp(seed=1))  # other weights: other checkpoint bytes, same hash
+    optimizer = wle.register_optimizer("optimizer", torch.optim.SGD(model.parameters(), lr=0.1))
+    wle.register_hyperparams("config", {"batch_size": 16})
+    assert system.experiment_hash == hashes[0] and system.step == 0, "the damaged manifest vouches for nothing"
+    train(model, optimizer, 5)
+    system.close()  # raised CheckpointError: every save of the run had failed
+    [set_aside] = (manifest.parent).glob("manifest.yaml.damaged-*")
+    assert set_aside.read_bytes() == damaged, "the damaged manifest is kept whole"
+    warnings = [r.getMessage() for r in caplog.records if set_aside.name in r.getMessage()]
+    assert len(warnings) == 1 and "set aside" in warnings[0]
+    steps = [r["step"] for r in wle.open_root(root).store.records(hashes[0])]
+    assert steps[-1] == 5 and {2, 4} <= set(steps), steps
+    for name, data in old_checkpoints.items():
+        assert (manifest.parent / "model" / name).read_bytes() == data, f"{name} of the earlier run was replaced"
+    verified = cli("verify", root)
+    assert verified.returncode == 1 and set_aside.name in verified.stderr, verified
+    assert f"{hashes[0]}_step_000005.pt" not in verified.stderr, "the new run's checkpoints verify"
+    close_all()
+    again = wle.get_checkpoint_system(str(root), checkpoint_frequency=2, resume=True)
+    model = wle.register_model("model", mlp())
+    wle.register_optimizer("optimizer", torch.optim.SGD(model.parameters(), lr=0.1))
+    wle.register_hyperparams("config", {"batch_size": 16})
+    assert again.step == 5, "the next run resumes the run that was saved beside the damage"
+    close_all()

@@ -39,6 +39,7 @@ import yaml
 from .errors import InvalidNameError, ManifestError
 from .manifests import FORMAT_VERSION, manifest_text, parse_manifest
 from .names import validate_name
+from .setaside import set_aside
 
 __all__ = ["FileSystem", "Fault", "Store", "TEMP_MARK", "now_iso"]
 
@@ -125,6 +126,7 @@ class Store:
         self.root = Path(root)
         self.fs = fs or FileSystem()
         self._lock = threading.RLock()
+        self._sound: set[str] = set()  # hashes whose manifest prepare() found sound or wrote
 
     # -- layout -----------------------------------------------------------------------------
 
@@ -232,9 +234,12 @@ class Store:
 
         ``info`` holds ``parent``, ``fork_step``, ``cause``, ``config``, and optionally
         ``architecture`` (a picklable module), ``architecture_text`` and ``description``.
+        A damaged manifest found here is set aside (:mod:`.setaside`) and the folder is set up
+        afresh, so this run's checkpoints are saved; once checked, a hash is not checked again.
         """
         with self._lock:
-            if self.has_experiment(hash):
+            if self.has_experiment(hash) and (hash in self._sound or self._keeps_manifest(hash)):
+                self._sound.add(hash)
                 return
             import torch
 
@@ -270,6 +275,16 @@ class Store:
                     "checkpoints": [],
                 },
             )
+            self._sound.add(hash)
+
+    def _keeps_manifest(self, hash: str) -> bool:
+        """Whether ``hash``'s manifest verifies; a damaged one is set aside (``False``)."""
+        try:
+            self.manifest(hash)
+        except ManifestError as error:
+            set_aside(self.manifest_path(hash), error.problem)
+            return False
+        return True
 
     def commit(
         self,

@@ -28,6 +28,7 @@ from . import safe_yaml
 from .errors import InvalidNameError, ManifestError
 from .logsummary import tolerant_events
 from .manifests import parse_manifest
+from .setaside import set_aside_manifests
 from .store import Fault, Store, sha256_of
 
 __all__ = ["check_experiment", "check_root", "foreign_folders"]
@@ -118,7 +119,11 @@ def check_experiment(store: Store, hash: str) -> list[Fault]:
     except (ManifestError, OSError) as error:
         problem = error.problem if isinstance(error, ManifestError) else f"cannot be read: {error}"
         return [Fault(hash, manifest_path, problem), *_check_with_damaged_manifest(store, hash)]
-    return _check_listed(store, hash, manifest)[0]
+    set_aside = [
+        Fault(hash, path, "a damaged manifest set aside by a later run: what it listed is not listed any more")
+        for path in set_aside_manifests(store.exp_dir(hash))
+    ]
+    return _check_listed(store, hash, manifest)[0] + set_aside
 
 
 def _check_listed(
