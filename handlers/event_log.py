@@ -14,13 +14,16 @@ Policy, and why:
   the piece after the last newline is moved to ``events.jsonl.torn-<run id>`` with a warning that
   names it. The torn piece therefore never ends up in the middle of the log.
 - **Compact.** Step progress and scheduler moves are gathered into blocks
-  (:mod:`weightslab_events.compactlog`): a block is written when another event comes (so every
-  decision is on disk after the steps that caused it), after ``BLOCK_SECONDS``, on ``flush()`` and
-  on close. A crash loses at most the steps after the last other event. Live subscribers are not
-  affected: they get every event from the bus.
+  (:mod:`weightslab_events.compactlog`): a block is written when another event comes, after
+  ``BLOCK_SECONDS`` or ``MAX_BLOCK_EVENTS`` events, on ``flush()`` and on close. So what a crash
+  leaves of a run's inputs is always a prefix of them (every decision is on disk after the steps
+  that caused it, and replay of a crashed run reproduces what it logged); it loses at most the
+  steps after the last other event. ``OUTCOMES`` (a save's result, from the writer thread) are not inputs of anything, so
+  they are written at once without ending the block. Live subscribers are not affected: they
+  get every event from the bus.
 - **Write errors** (a full disk) never stop the thread. The batch is kept (the file is cut back to
-  where the failed write began, so no half batch stays) and written again on the next wake, so
-  logging resumes when space returns. At most ``MAX_UNWRITTEN`` events are kept meanwhile; beyond
+  where the failed write began, so no half batch stays) and written again every
+  ``RETRY_SECONDS`` (and on ``flush()``), so logging resumes when space returns. At most ``MAX_UNWRITTEN`` events are kept meanwhile; beyond
   that new ones are dropped and counted. When writing works again the log gets an
   ``events_lost`` record (count, seq range, error), and ``close()`` warns with the count, which
   :attr:`EventLogHandler.lost` also holds.
@@ -40,20 +43,43 @@ from collections.abc import Callable
 from pathlib import Path
 
 from weightslab_events.bus import Bus, Subscription
-from weightslab_events.compactlog import Block, is_compactable
+from weightslab_events.compactlog import Block, Shape, is_compactable
 from weightslab_events.events import Event
 from weightslab_events.signals import ALL
 
-__all__ = ["BLOCK_SECONDS", "EventLogHandler", "MAX_UNWRITTEN", "WRITE_INTERVAL", "set_aside_torn_tail"]
+__all__ = [
+    "BLOCK_SECONDS",
+    "EventLogHandler",
+    "MAX_BLOCK_EVENTS",
+    "MAX_UNWRITTEN",
+    "RETRY_SECONDS",
+    "WRITE_INTERVAL",
+    "set_aside_torn_tail",
+]
 
 log = logging.getLogger("weightslab_events")
 
 WRITE_INTERVAL = 0.05
 BLOCK_SECONDS = 10.0
 MAX_UNWRITTEN = 20_000
+MAX_BLOCK_EVENTS = 4_096
+RETRY_SECONDS = 1.0
 _TAIL_CHUNK = 1 << 16
 
 Writer = Callable[[int, bytes], int]
+
+#: Reports of what the writer and handlers did: replay never takes them as input, so one may be
+#: written before the steps of an open block without breaking a crash's prefix (see the policy).
+OUTCOMES = frozenset(
+    {
+        "checkpoint_saved",
+        "checkpoint_failed",
+        "checkpoint_skipped",
+        "checkpoint_deleted",
+        "checkpoint_corrupted",
+        "handler_failed",
+    }
+)
 
 
 def set_aside_torn_tail(fd: int, log_path: Path, run_id: str | None) -> Path | None:
@@ -107,13 +133,17 @@ class EventLogHandler:
         self._subscription: Subscription | None = None
         self._block: Block | None = None
         self._block_opened = 0.0
+        self._last_shapes: list[Shape] = []
         self._unwritten: list[tuple[str, int, int, int]] = []  # (line, events, first seq, last seq)
         self._unwritten_events = 0
         self._dropped = 0
         self._dropped_seqs: tuple[int, int] | None = None
         self._error: str | None = None
+        self._retry_at = 0.0
         #: Events that never reached the log (dropped while writes failed, or unwritten at close).
         self.lost = 0
+        #: The last write error, if any write failed.
+        self.last_error: str | None = None
         #: Torn pieces this handler set aside.
         self.set_aside: list[Path] = []
 
@@ -160,24 +190,35 @@ class EventLogHandler:
         batch.sort(key=lambda event: event.seq)  # threads emit concurrently
         lines: list[tuple[str, int, int, int]] = []
         for event in batch:
+            if event.type in OUTCOMES:
+                lines.append((event.to_json() + "\n", 1, event.seq, event.seq))
+                continue
             if is_compactable(event):
-                if self._block is not None and self._block.add(event):
+                if self._block is not None and self._block.count < MAX_BLOCK_EVENTS and self._block.add(event):
                     continue
                 self._end_block(lines)
-                self._block, self._block_opened = Block(event), time.monotonic()
+                # While writes fail a block may be dropped, so blocks then carry their own shapes.
+                shapes = self._last_shapes if self._error is None else ()
+                self._block, self._block_opened = Block(event, shapes), time.monotonic()
                 self._block.add(event)
                 continue
             self._end_block(lines)
             lines.append((event.to_json() + "\n", 1, event.seq, event.seq))
         if self._block is not None and (close_block or time.monotonic() - self._block_opened >= BLOCK_SECONDS):
             self._end_block(lines)
+        if self._unwritten and self._retry_due(close_block):
+            self._try_write()  # space may have come back: write what waited before keeping more
         self._keep(lines)
-        if self._unwritten:
+        if self._unwritten and self._retry_due(close_block):
             self._try_write()
+
+    def _retry_due(self, forced: bool) -> bool:
+        return self._error is None or forced or time.monotonic() >= self._retry_at
 
     def _end_block(self, lines: list[tuple[str, int, int, int]]) -> None:
         block, self._block = self._block, None
         if block is not None and block.count:
+            self._last_shapes = block.shapes
             lines.append(
                 (
                     json.dumps(block.to_record(), separators=(",", ":")) + "\n",
@@ -248,7 +289,8 @@ class EventLogHandler:
         if self._error is None:
             reason = "the disk is full" if error.errno == errno.ENOSPC else "the write failed"
             log.error("cannot write the event log %s (%s: %s); keeping events and retrying", self.path, reason, error)
-        self._error = f"{type(error).__name__}: {error}"
+        self._error = self.last_error = f"{type(error).__name__}: {error}"
+        self._retry_at = time.monotonic() + RETRY_SECONDS
 
     def _repair_locked(self) -> None:
         """Set a torn tail aside; the caller holds the log's ``flock``."""
@@ -256,6 +298,11 @@ class EventLogHandler:
         aside = set_aside_torn_tail(self._fd, self.path, self.run_id)
         if aside is not None:
             self.set_aside.append(aside)
+
+    @property
+    def unwritten(self) -> int:
+        """Events kept in memory because writing failed (at most ``MAX_UNWRITTEN``)."""
+        return self._unwritten_events
 
     # -- waiting and closing ----------------------------------------------------------------
 
@@ -283,7 +330,7 @@ class EventLogHandler:
             self.lost += self._unwritten_events + self._dropped
             self._unwritten, self._unwritten_events, self._dropped = [], 0, 0
         if self.lost:
-            log.warning("the event log %s lost %d events (last error: %s)", self.path, self.lost, self._error)
+            log.warning("the event log %s lost %d events (last error: %s)", self.path, self.lost, self.last_error)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

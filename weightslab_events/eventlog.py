@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compactlog import BlockError, expand_block
+from .compactlog import BlockError, Shape, block_shapes, expand_block
 from .events import Event
 
 __all__ = [
@@ -51,11 +51,15 @@ class EventLogError(ValueError):
     """The event log cannot be read; the message names the file and line."""
 
 
-def _events_of_line(line: str, path: Path, number: int) -> list[Event]:
+def _events_of_line(line: str, path: Path, number: int, tables: dict[Any, list[Shape]]) -> list[Event]:
+    """The events of one line; ``tables`` holds each run's last block shape table."""
     record = json.loads(line)
     try:
         if isinstance(record, dict) and "compact" in record:
-            return list(expand_block(record))
+            shapes = block_shapes(record, tables.get(record.get("run")))
+            events = list(expand_block(record, shapes))
+            tables[record.get("run")] = shapes
+            return events
         if not isinstance(record, dict):
             raise ValueError("a log line must hold a JSON object")
         return [Event.from_dict(record)]
@@ -71,11 +75,12 @@ def iter_events(path: str | os.PathLike[str]) -> Iterator[Event]:
     except FileNotFoundError:
         raise EventLogError(f"event log {path} does not exist") from None
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    tables: dict[Any, list[Shape]] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            events = _events_of_line(line, path, number)
+            events = _events_of_line(line, path, number, tables)
         except json.JSONDecodeError as error:
             if number - 1 == last:
                 log.warning("skipping the torn last line %d of %s (a crash mid-write): %s", number, path, error)
@@ -220,6 +225,7 @@ def follow_events(
     path = Path(path)
     with open(path, encoding="utf-8", errors="replace") as file:
         buffer, number = "", 0
+        tables: dict[Any, list[Shape]] = {}
         while stop is None or not stop():
             chunk = file.readline()
             if not chunk:
@@ -233,6 +239,6 @@ def follow_events(
             if not line.strip():
                 continue
             try:
-                yield from _events_of_line(line, path, number)
+                yield from _events_of_line(line, path, number, tables)
             except (json.JSONDecodeError, EventLogError) as error:
                 log.warning("skipping line %d of %s: %s", number, path, error)

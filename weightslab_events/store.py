@@ -87,6 +87,10 @@ class FileSystem:
     def makedirs(self, path: Path) -> None:
         os.makedirs(path, exist_ok=True)
 
+    def append(self, fd: int, data: bytes) -> int:
+        """One write to the event log (opened ``O_APPEND``); returns the bytes written."""
+        return os.write(fd, data)
+
 
 class _HashingWriter:
     """Passes writes through to a file while computing their SHA-256 and size."""

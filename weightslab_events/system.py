@@ -167,7 +167,7 @@ class CheckpointSystem(Capturing, Resuming):
         deletes = retention is not None and (self._distributed is None or self._distributed.writes_shared_state)
         self.retention = RetentionHandler(self.store, retention).connect(self.bus) if deletes else None
         log_path = self.store.log_path if self._distributed is None else self._distributed.log_path(self.store.log_path)
-        self.event_log = EventLogHandler(log_path, run_id=self.run.id).connect(self.bus)
+        self.event_log = EventLogHandler(log_path, run_id=self.run.id, write=self.store.fs.append).connect(self.bus)
         self.bus.emit(
             "started",
             root=str(self.store.root),
