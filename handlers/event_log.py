@@ -18,15 +18,15 @@ Policy, and why:
   ``BLOCK_SECONDS`` or ``MAX_BLOCK_EVENTS`` events, on ``flush()`` and on close. So what a crash
   leaves of a run's inputs is always a prefix of them (every decision is on disk after the steps
   that caused it, and replay of a crashed run reproduces what it logged); it loses at most the
-  steps after the last other event. ``OUTCOMES`` (a save's result, from the writer thread) are not inputs of anything, so
-  they are written at once without ending the block. Live subscribers are not affected: they
-  get every event from the bus.
-- **Write errors** (a full disk) never stop the thread. The batch is kept (the file is cut back to
-  where the failed write began, so no half batch stays) and written again every
-  ``RETRY_SECONDS`` (and on ``flush()``), so logging resumes when space returns. At most ``MAX_UNWRITTEN`` events are kept meanwhile; beyond
-  that new ones are dropped and counted. When writing works again the log gets an
-  ``events_lost`` record (count, seq range, error), and ``close()`` warns with the count, which
-  :attr:`EventLogHandler.lost` also holds.
+  steps after the last other event. ``OUTCOMES`` (a save's result, from the writer thread) are
+  inputs of nothing, so they are written at once without ending the block. Live subscribers are
+  not affected: they get every event from the bus.
+- **Write errors** (a full disk) never stop the thread. The batch is kept (the file is cut back
+  to where the failed write began, so no half batch stays) and written again every
+  ``RETRY_SECONDS`` (and on ``flush()``), so logging resumes when space returns. At most
+  ``MAX_UNWRITTEN`` events are kept meanwhile; beyond that new ones are dropped and counted.
+  When writing works again the log gets an ``events_lost`` record (count, seq range, error), and
+  ``close()`` warns with the count, which :attr:`EventLogHandler.lost` also holds.
 """
 
 from __future__ import annotations
