@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import mlp, train
+from weightslab_events.handlers import event_log
 
 import weightslab_events as wle
-from handlers import event_log
 from weightslab_events.eventlog import EventLogError, read_runs
 from weightslab_events.events import Event
 from weightslab_events.store import FileSystem

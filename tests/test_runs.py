@@ -214,16 +214,16 @@ def test_the_resume_line_names_the_hash_step_run_and_newer_descendants_not_chose
     config["lr"] = 0.05  # a fork: its checkpoints are newer and descend from the original
     train(model, optimizer, 10)
     forked = system.experiment_hash
-    system.close()
+    system.wait()
     with caplog.at_level(logging.INFO, "weightslab_events"):
-        system, *_ = setup(checkpoint_frequency=5, resume=True)
-    assert system.experiment_hash == original and system.step == 10
+        assert system.resume(original) == 10
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed experiment")]
-    assert f"resumed experiment {original} at step 10 of run " in line
+    assert f"resumed experiment {original} at step 10 of run {system.run.id}" in line
     assert f"{forked} step 20" in line and "not chosen" in line
     system.close()
-    runs = read_runs(root / "logs" / "events.jsonl")
-    (resumed,) = [e for e in runs[1].events if e.type == "resumed"]
+    (run,) = read_runs(root / "logs" / "events.jsonl")
+    (resumed,) = [e for e in run.events if e.type == "resumed"]
+    assert resumed.data["from_run"] == system.run.id
     assert {(c["hash"], c["step"]) for c in resumed.data["not_chosen"]} >= {(forked, 20)}
 
 
