@@ -104,6 +104,10 @@ def test_two_trainers_of_one_configuration_in_one_root_keep_every_checkpoint(tmp
             assert record["run"] == run and record["sha256"] == outcome["sha256"]
             assert torch.load(outcome["path"], weights_only=True)["step"] == outcome["step"]
     assert len(runs) == 2 and {r["run"] for r in listed.values()} == runs
+    logged = read_runs(root / "logs" / "events.jsonl")
+    assert {r.id for r in logged} == runs, "one shared log, both runs in it"
+    for run in logged:
+        assert [e.step for e in run.events if e.type == "step"] == list(range(1, 41)), "no line lost or mixed"
 
 
 def live_decisions(run) -> tuple[list, list]:
