@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from weightslab_events.bus import Bus, Subscription
@@ -109,21 +109,32 @@ def protected(records: list[Record], resumed_from: set[str]) -> set[str]:
 
 
 def plan_deletions(
-    store: Store, hash: str, policy: RetentionPolicy, resumed_from: set[str] = frozenset()
+    store: Store,
+    hash: str,
+    policy: RetentionPolicy,
+    resumed_from: set[str] = frozenset(),
+    runs: Collection[str | None] | None = None,
 ) -> list[Record]:
-    """The records of ``hash`` that ``policy`` would delete."""
+    """The records of ``hash`` that ``policy`` would delete, among those of ``runs`` if given."""
     records = store.records(hash)
+    if runs is not None:
+        records = [r for r in records if r.get("run") in runs]
     keep = policy.keep(records) | protected(records, set(resumed_from))
     return [r for r in records if r["file"] not in keep]
 
 
 class RetentionHandler:
-    """Applies a policy to a hash each time one of its checkpoints is committed."""
+    """Applies a policy to a hash each time one of its checkpoints is committed.
+
+    Only checkpoints of this run, and of the run it resumed from, are ever considered: a rerun
+    beside an earlier run never deletes that run's checkpoints.
+    """
 
     def __init__(self, store: Store, policy: RetentionPolicy) -> None:
         self.store = store
         self.policy = policy
         self.resumed_from: set[str] = set()
+        self.runs: set[str | None] = {store.run.id if store.run is not None else None}
         self._lock = threading.Lock()
         self._bus: Bus | None = None
         self._subscriptions: list[Subscription] = []
@@ -143,10 +154,11 @@ class RetentionHandler:
     def on_resumed(self, event: Event) -> None:
         if event.data.get("file"):
             self.resumed_from.add(event.data["file"])
+            self.runs.add(event.data.get("from_run"))
 
     def on_saved(self, event: Event) -> None:
         with self._lock:
-            doomed = plan_deletions(self.store, event.data["hash"], self.policy, self.resumed_from)
+            doomed = plan_deletions(self.store, event.data["hash"], self.policy, self.resumed_from, self.runs)
             for record in doomed:
                 self._delete(event.data["hash"], record)
 

@@ -28,7 +28,8 @@ def test_manifest_lists_size_and_checksum_and_verify_passes(setup):
 
 
 def test_stale_temporaries_from_a_crash_are_removed_at_start(root, caplog):
-    stale = root / "checkpoints" / "0123456789abcdef" / "model" / f".x_step_000001.pt{TEMP_MARK}999-abcd"
+    # Written by pid 99999999, beyond any pid_max: its writer is certainly dead.
+    stale = root / "checkpoints" / "0123456789abcdef" / "model" / f".x_step_000001.pt{TEMP_MARK}99999999-abcd"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a checkpoint")
     with caplog.at_level(logging.WARNING, "weightslab_events"):

@@ -95,8 +95,13 @@ def test_log_lines_have_the_documented_shape(setup, root):
     system.close()
     lines = (root / "logs" / "events.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert all({"v", "seq", "ts", "type", "exp", "src", "data"} <= set(r) for r in records)
-    assert sorted(r["seq"] for r in records) == list(range(1, len(records) + 1)), "every event, seq orders them"
+    events = [r for r in records if "compact" not in r]
+    assert all({"v", "run", "seq", "ts", "type", "exp", "src", "data"} <= set(r) for r in events)
+    assert {r["run"] for r in records} == {system.run.id} and all(r["v"] == 2 for r in records)
+    assert any("compact" in r for r in records), "step progress is written compactly"
+    read = wle.read_events(root / "logs" / "events.jsonl")
+    assert [e.seq for e in read] == list(range(1, len(read) + 1)), "every event, seq orders them"
+    assert [e.step for e in read if e.type == "step"] == [1, 2]
     registered = next(r for r in records if r["type"] == "model_registered")
     weight = registered["data"]["description"]["modules"]["0"]["params"]["weight"]
     assert weight == {"shape": [16, 8], "dtype": "torch.float32", "trainable": True}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -15,8 +14,7 @@ import weightslab_events as wle
 
 
 def logged(system: wle.CheckpointSystem, type: str) -> list[dict]:
-    lines = system.store.log_path.read_text().splitlines()
-    return [event for event in map(json.loads, lines) if event["type"] == type]
+    return [event.to_dict() for event in wle.read_events(system.store.log_path) if event.type == type]
 
 
 def test_an_async_handler_awaiting_drain_waits_for_the_others_but_not_itself(setup):

@@ -103,6 +103,8 @@ class Bus:
         self.strict = strict
         self.clock = clock
         self.state = BusState()
+        #: The run id stamped on every event this bus emits (``None`` for replay and tests).
+        self.run: str | None = None
         self._routes = Namespace()
         self._order: dict[Any, int] = {}
         self._counter = itertools.count()
@@ -186,6 +188,7 @@ class Bus:
             data=data,
             seq=next(self._seq),
             ts=self.clock(),
+            run=self.run,
         )
         self.dispatch(event)
         return event

@@ -26,7 +26,6 @@ import click
 from rich.markup import escape
 
 from .clirender import EventPrinter, console, errors, ls_table, print_checkpoints, size_text, when
-from .eventlog import EventLogError
 from .events import Event
 from .reader import Root, open_root
 from .terminal import printable
@@ -177,7 +176,7 @@ def diff(root: str, a: str, b: str, as_json: bool) -> None:
 @user_errors
 def log(root: str, types: tuple[str, ...], hash_prefix: str | None, follow: bool, as_json: bool) -> None:
     """The event log, optionally filtered (--json: one JSON object per line)."""
-    from .eventlog import iter_events
+    from .eventlog import read_events_partial
     from .signals import NAMES
 
     unknown = [t for t in types if t not in NAMES]
@@ -192,11 +191,11 @@ def log(root: str, types: tuple[str, ...], hash_prefix: str | None, follow: bool
     if follow:
         _follow(path, wanted, printer)
         return
-    try:
-        for event in iter_events(path):
-            printer.feed(event, show=wanted(event))
-    except EventLogError as error:
-        raise _Failed(f"{error} (the events before it are shown)") from None
+    events, damage = read_events_partial(path)
+    for event in events:
+        printer.feed(event, show=wanted(event))
+    if damage is not None:
+        raise _Failed(f"{damage} (the events before it are shown)") from None
 
 
 def _log_path(root: str) -> Path:
@@ -210,25 +209,11 @@ def _log_path(root: str) -> Path:
 
 
 def _follow(path: Path, wanted: Callable[[Event], bool], printer: EventPrinter) -> None:
-    import time
+    from .eventlog import follow_events
 
-    with open(path, encoding="utf-8", errors="replace") as file:
-        buffer = ""
-        while True:
-            chunk = file.readline()
-            if not chunk:
-                time.sleep(0.2)
-                continue
-            buffer += chunk
-            if not buffer.endswith("\n"):
-                continue
-            line, buffer = buffer, ""
-            try:
-                event = Event.from_json(line)
-            except (ValueError, TypeError, KeyError):
-                continue
-            printer.feed(event, show=wanted(event))
-            sys.stdout.flush()
+    for event in follow_events(path):
+        printer.feed(event, show=wanted(event))
+        sys.stdout.flush()
 
 
 @main.command()

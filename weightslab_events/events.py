@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Event", "LOG_FORMAT_VERSION", "jsonable"]
+__all__ = ["Event", "LOG_FORMAT_VERSION", "READABLE_VERSIONS", "jsonable"]
 
-LOG_FORMAT_VERSION = 1
+#: Version 2 added ``run`` to the envelope (and compact blocks, see :mod:`.compactlog`).
+LOG_FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def jsonable(value: Any) -> Any:
@@ -69,9 +71,10 @@ def _thaw(value: Any) -> Any:
 class Event:
     """One thing that happened, as every receiver and the log see it.
 
-    ``seq`` orders events (time does not: clocks repeat and jump); ``exp`` is the experiment hash
-    in force when the event was emitted; ``src`` names the sender (a registered name, or the
-    component that emitted it).
+    ``seq`` orders the events of one run (time does not: clocks repeat and jump); ``run`` is the
+    id of the run (process) that emitted it, ``None`` in logs written before runs existed;
+    ``exp`` is the experiment hash in force when the event was emitted; ``src`` names the sender
+    (a registered name, or the component that emitted it).
     """
 
     type: str
@@ -81,6 +84,7 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=dict)
     seq: int = 0
     ts: float = 0.0
+    run: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", _freeze(jsonable(dict(self.data))))
@@ -95,6 +99,7 @@ class Event:
         """The log's record of this event (format version ``v``)."""
         return {
             "v": LOG_FORMAT_VERSION,
+            "run": self.run,
             "seq": self.seq,
             "ts": self.ts,
             "type": self.type,
@@ -111,11 +116,14 @@ class Event:
     def from_dict(cls, record: Mapping[str, Any]) -> Event:
         """Rebuild an event from its log record; an unknown format version is an error."""
         version = record.get("v")
-        if version != LOG_FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
                 f"event log format version {version!r} is not supported "
-                f"(this library reads version {LOG_FORMAT_VERSION})"
+                f"(this library reads versions {', '.join(map(str, READABLE_VERSIONS))})"
             )
+        run = record.get("run")
+        if run is not None and not isinstance(run, str):
+            raise ValueError(f"run must be a string, got {run!r}")
         return cls(
             type=record["type"],
             exp=record.get("exp"),
@@ -124,6 +132,7 @@ class Event:
             data=record.get("data") or {},
             seq=int(record.get("seq", 0)),
             ts=float(record.get("ts", 0.0)),
+            run=run,
         )
 
     @classmethod

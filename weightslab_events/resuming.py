@@ -1,10 +1,18 @@
 """Resuming: verifying committed checkpoints and restoring one into the live objects.
 
 A mixin of :class:`~weightslab_events.system.CheckpointSystem`, kept apart because restoring is
-its own idea: which checkpoint to trust (verified newest first, a corrupt one reported and
-skipped, never silently), what to put back (models, optimizers with their configured values,
-schedulers, statefuls, RNG states, step, reset counts, hyperparameters), and how the experiment
-hash follows when another hash's checkpoint is restored.
+its own idea: which checkpoint to trust, what to put back (models, optimizers with their
+configured values, schedulers, statefuls, RNG states, step, reset counts, hyperparameters), and
+how the experiment hash follows when another hash's checkpoint is restored.
+
+Which checkpoint, and why: a hash may hold checkpoints of several runs (a crash and a restart
+continue one line of training; a fresh rerun starts another beside it). Resuming continues the
+**newest run** (run ids sort by start time) at its newest good step, since that is the training
+the user last did; older runs are tried only when every checkpoint of the newer ones fails to
+verify (each failure reported, never silent). The log line of a resume names the hash, step and
+run it continued, and any newer checkpoints it did not choose (in descendant hashes, or later
+steps of other runs), so a user who expected another one sees why. One resume emits exactly one
+``resumed`` event: registering further objects under the same hash does not resume again.
 """
 
 from __future__ import annotations
@@ -94,7 +102,7 @@ class Resuming:
         except (ManifestError, OSError) as error:
             self._report_damaged_manifest(hash, error)
             raise CheckpointNotFoundError(f"experiment {hash} cannot be resumed: {error}") from None
-        records = [r for r in reversed(stored) if step is None or r["step"] == step]
+        records = [r for r in resume_order(stored) if step is None or r["step"] == step]
         for record in records:
             fault = self.store.check(hash, record)
             path = self.store.file_of(hash, record)
@@ -107,7 +115,17 @@ class Resuming:
                 self._report_corrupt(hash, fault)
                 continue
             self._restore(payload, str(path))
-            self.bus.emit("resumed", exp=hash, step=payload["step"], hash=hash, file=record["file"])
+            not_chosen = self._not_chosen(hash, record)
+            log.info("%s", describe_resume(hash, record, not_chosen))
+            self.bus.emit(
+                "resumed",
+                exp=hash,
+                step=payload["step"],
+                hash=hash,
+                file=record["file"],
+                from_run=record.get("run"),
+                not_chosen=not_chosen[:MAX_NOT_CHOSEN],
+            )
             self._announce_restored(hash)
             return int(payload["step"])
         wanted = f"step {step}" if step is not None else "any step"
@@ -125,6 +143,34 @@ class Resuming:
         models = {n: w.model for n, w in self._models.items()}
         optimizers = {n: w.optimizer for n, w in self._optimizers.items()}
         return load_parts(self.store, hash, record, payload, self._distributed, models, optimizers)
+
+    def _not_chosen(self, hash: str, chosen: dict[str, Any]) -> list[dict[str, Any]]:
+        """Checkpoints newer than ``chosen``: in descendant hashes, or other runs' later steps."""
+        found = []
+        for record in self.store.records(hash):
+            if record.get("run") != chosen.get("run") and record["step"] > chosen["step"]:
+                found.append(_summary(hash, record))
+        for descendant in self._descendants(hash):
+            for record in self.store.records(descendant):
+                if str(record.get("created", "")) > str(chosen.get("created", "")):
+                    found.append(_summary(descendant, record))
+        return sorted(found, key=lambda r: r["created"], reverse=True)
+
+    def _descendants(self, hash: str) -> list[str]:
+        parents: dict[str, str | None] = {}
+        for other in self.store.hashes():
+            try:
+                parents[other] = self.store.manifest(other).get("parent")
+            except (OSError, ValueError):
+                continue  # a damaged manifest is reported by verify, not here
+        found: list[str] = []
+        frontier = [hash]
+        while frontier:
+            current = frontier.pop()
+            children = sorted(h for h, p in parents.items() if p == current and h not in found and h != hash)
+            found.extend(children)
+            frontier.extend(children)
+        return found
 
     def _restore(self, payload: dict[str, Any], where: str) -> None:
         sharded = bool(payload.get("sharded"))  # models and optimizers were loaded through DCP
@@ -231,10 +277,41 @@ class Resuming:
             self._report_damaged_manifest(hash, error)
             return
         try:
-            step = self.resume(hash)
+            self.resume(hash)
         except CheckpointNotFoundError as error:
             log.warning("automatic resume found no usable checkpoint: %s", error)
             return
         # Once: re-registering a rebuilt optimizer before the first step must not resume again.
         self._auto_resume = False
-        log.info("resumed experiment %s at step %d", hash, step)
+
+
+#: At most this many not-chosen checkpoints are named in a ``resumed`` event (the log line names all).
+MAX_NOT_CHOSEN = 20
+
+
+def resume_order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Candidates to resume from, best first: the newest run's newest step, then older runs.
+
+    Records written before runs existed (no ``run``) count as the oldest run.
+    """
+    return sorted(records, key=lambda r: (r.get("run") or "", r["step"], str(r.get("created", ""))), reverse=True)
+
+
+def _summary(hash: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "hash": hash,
+        "step": record["step"],
+        "run": record.get("run"),
+        "file": record["file"],
+        "created": str(record.get("created", "")),
+    }
+
+
+def describe_resume(hash: str, record: dict[str, Any], not_chosen: list[dict[str, Any]]) -> str:
+    """The one log line of a resume: what it continued, and what newer it did not choose."""
+    line = f"resumed experiment {hash} at step {record['step']} of run {record.get('run') or '(before runs)'}"
+    line += f" ({record['file']})"
+    if not_chosen:
+        named = ", ".join(f"{c['hash']} step {c['step']} (run {c['run'] or '(before runs)'})" for c in not_chosen)
+        line += f"; newer checkpoints not chosen: {named}"
+    return line

@@ -17,6 +17,18 @@ Commit policy: every file is written under a temporary name, fsynced, renamed in
 its directory fsynced; a checkpoint enters the manifest (with its size and SHA-256) only after
 that. A reader therefore trusts only what the manifest lists and verifies it; temporaries left
 by a crash are never listed and are removed when a store is opened.
+
+Several processes (runs, :mod:`.runs`) may share a root:
+
+- A temporary's name carries its writer (``.{name}.tmp-{run id}-{random}``); start-up removes
+  only temporaries whose run no longer holds its lock (for a writer without a run,
+  ``p{pid}``: whose process is gone), never a live writer's.
+- Manifest read-modify-write, and the rename that puts a checkpoint in place, happen under the
+  root's OS lock, so no entry is lost and the choice of a file name cannot race.
+- A checkpoint file is never replaced by another run: the first run to commit ``hash`` at a
+  step gets ``{hash}_step_{step:06d}.pt``; another run gets ``{hash}_step_{step:06d}.{run}.pt``.
+  Every record names its run. A manifest is replaced by rename, so readers (who take no lock)
+  see the old one or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -27,7 +39,6 @@ import json
 import os
 import shutil
 import stat
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +50,7 @@ import yaml
 from .errors import InvalidNameError, ManifestError
 from .manifests import FORMAT_VERSION, manifest_text, parse_manifest
 from .names import validate_name
+from .runs import RUN_ID_PATTERN, RootLock, Run, remove_dead_run_locks, run_is_alive
 from .setaside import set_aside
 
 __all__ = ["FileSystem", "Fault", "Store", "TEMP_MARK", "now_iso"]
@@ -75,6 +87,10 @@ class FileSystem:
 
     def makedirs(self, path: Path) -> None:
         os.makedirs(path, exist_ok=True)
+
+    def append(self, fd: int, data: bytes) -> int:
+        """One write to the event log (opened ``O_APPEND``); returns the bytes written."""
+        return os.write(fd, data)
 
 
 class _HashingWriter:
@@ -119,13 +135,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-class Store:
-    """One root directory of experiments."""
+def _pid_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self, root: str | os.PathLike[str], fs: FileSystem | None = None) -> None:
+
+class Store:
+    """One root directory of experiments, written by ``run`` (``None`` for tools and readers)."""
+
+    def __init__(self, root: str | os.PathLike[str], fs: FileSystem | None = None, *, run: Run | None = None) -> None:
         self.root = Path(root)
         self.fs = fs or FileSystem()
-        self._lock = threading.RLock()
+        self.run = run
+        self._lock = RootLock(self.root)
         self._sound: set[str] = set()  # hashes whose manifest prepare() found sound or wrote
 
     # -- layout -----------------------------------------------------------------------------
@@ -167,33 +194,62 @@ class Store:
     def manifest_path(self, hash: str) -> Path:
         return self.exp_dir(hash) / "manifest.yaml"
 
+    @property
+    def _writer(self) -> str:
+        return self.run.id if self.run is not None else f"p{os.getpid()}"
+
+    def writer_is_alive(self, temp: Path) -> bool:
+        """Whether the writer named in a temporary's name may still be writing it."""
+        owner = temp.name.rsplit(TEMP_MARK, 1)[-1].rsplit("-", 1)[0]
+        if RUN_ID_PATTERN.fullmatch(owner):
+            return run_is_alive(self.root, owner)
+        pid = owner[1:] if owner.startswith("p") else owner
+        return pid.isdigit() and _pid_is_alive(int(pid))
+
     def open(self) -> list[Path]:
-        """Create the top-level folders and remove temporaries left by a crash; returns them."""
+        """Create the top-level folders and remove temporaries of dead writers; returns them."""
         for folder in (self.root / "data", self.root / "logs", self.checkpoints_dir):
             self.fs.makedirs(folder)
-        stale = [p for p in self.checkpoints_dir.rglob(f"*{TEMP_MARK}*") if p.is_file()]
+        remove_dead_run_locks(self.root)
+        stale = [p for p in self.checkpoints_dir.rglob(f"*{TEMP_MARK}*") if p.is_file() and not self.writer_is_alive(p)]
         for path in stale:
             path.unlink(missing_ok=True)
         return stale
+
+    def close(self) -> None:
+        self._lock.close()
 
     # -- atomic writes ----------------------------------------------------------------------
 
     def write_atomic(self, path: Path, write: Callable[[Any], None]) -> tuple[int, str]:
         """Write ``path`` through a temporary, fsync and rename; returns ``(size, sha256)``."""
+        temp, size, digest = self._write_temporary(path, write)
+        self._install(temp, path)
+        return size, digest
+
+    def _write_temporary(self, path: Path, write: Callable[[Any], None]) -> tuple[Path, int, str]:
+        """Write and fsync a temporary beside ``path``; returns it with its size and SHA-256."""
         self.fs.makedirs(path.parent)
-        temp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        temp = path.with_name(f".{path.name}{TEMP_MARK}{self._writer}-{uuid.uuid4().hex[:8]}")
         try:
             with self.fs.open_write(temp) as file:
                 writer = _HashingWriter(file)
                 write(writer)
                 file.flush()
                 self.fs.fsync(file)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return temp, writer.size, writer.hexdigest
+
+    def _install(self, temp: Path, path: Path) -> None:
+        """Rename a written temporary into place and make the rename durable."""
+        try:
             self.fs.replace(temp, path)
             self.fs.fsync_dir(path.parent)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return writer.size, writer.hexdigest
 
     def write_text_atomic(self, path: Path, text: str) -> None:
         self.write_atomic(path, lambda f: f.write(text.encode()))
@@ -237,7 +293,7 @@ class Store:
         A damaged manifest found here is set aside (:mod:`.setaside`) and the folder is set up
         afresh, so this run's checkpoints are saved; once checked, a hash is not checked again.
         """
-        with self._lock:
+        with self._lock.held():
             if self.has_experiment(hash) and (hash in self._sound or self._keeps_manifest(hash)):
                 self._sound.add(hash)
                 return
@@ -272,6 +328,7 @@ class Store:
                     "fork_cause": info.get("cause"),
                     "created": now_iso(),
                     "files": written,
+                    "run": self.run.id if self.run is not None else None,
                     "checkpoints": [],
                 },
             )
@@ -298,28 +355,46 @@ class Store:
         """Write one checkpoint atomically, then record it in the manifest; returns the record.
 
         ``extra`` adds fields to the record (a multi-rank checkpoint's ``parts``, already durable).
+        The file is written outside the lock; its name is chosen, the rename made and the
+        manifest updated under it (see the module's policy on runs).
         """
         import torch
 
-        path = self.checkpoint_path(hash, step)
-        size, digest = self.write_atomic(path, lambda f: torch.save(payload, f))
-        record = {
-            "step": int(step),
-            "file": path.name,
-            "reason": reason,
-            "size": size,
-            "sha256": digest,
-            "created": now_iso(),
-        }
-        if metrics:
-            record["metrics"] = {k: float(v) for k, v in metrics.items()}
-        record.update(extra or {})
-        with self._lock:
-            manifest = self.manifest(hash)
-            kept = [r for r in manifest["checkpoints"] if r.get("file") != path.name]
-            manifest["checkpoints"] = [*kept, record]
-            self._write_manifest(hash, manifest)
+        plain = self.checkpoint_path(hash, step)
+        temp, size, digest = self._write_temporary(plain, lambda f: torch.save(payload, f))
+        run_id = self.run.id if self.run is not None else None
+        try:
+            with self._lock.held():
+                manifest = self.manifest(hash)
+                path = self._name_for(hash, step, plain, manifest["checkpoints"], run_id)
+                self._install(temp, path)
+                record: dict[str, Any] = {
+                    "step": int(step),
+                    "file": path.name,
+                    "reason": reason,
+                    "size": size,
+                    "sha256": digest,
+                    "created": now_iso(),
+                    "run": run_id,
+                }
+                if metrics:
+                    record["metrics"] = {k: float(v) for k, v in metrics.items()}
+                record.update(extra or {})
+                kept = [r for r in manifest["checkpoints"] if r.get("file") != path.name]
+                manifest["checkpoints"] = [*kept, record]
+                self._write_manifest(hash, manifest)
+        finally:
+            temp.unlink(missing_ok=True)
         return record
+
+    def _name_for(self, hash: str, step: int, plain: Path, records: list[dict[str, Any]], run_id: str | None) -> Path:
+        """The plain name unless another run (or an unlisted file) holds it; then a run's own."""
+        owner = next((r for r in records if r.get("file") == plain.name), None)
+        if owner is not None and owner.get("run") == run_id:
+            return plain
+        if owner is None and not plain.exists():
+            return plain
+        return self.exp_dir(hash) / "model" / f"{hash}_step_{int(step):06d}.{run_id or 'unnamed'}.pt"
 
     def delete(self, hash: str, file: str) -> None:
         """Remove one checkpoint: out of the manifest first, then off the disk.
@@ -332,7 +407,7 @@ class Store:
         problem = self.outside_problem(path)
         if problem is not None:
             raise PermissionError(f"refusing to delete {path}: {problem}")
-        with self._lock:
+        with self._lock.held():
             manifest = self.manifest(hash)
             doomed = [r for r in manifest["checkpoints"] if r["file"] == file]
             if not doomed:  # not listed (another process deleted it first): touch nothing

@@ -38,6 +38,7 @@ from .pending import PAYLOAD_FORMAT_VERSION, PendingSnapshot, Registered
 from .restore import restore_stateful
 from .resuming import Resuming
 from .rootlinks import refuse_links
+from .runs import Run, RunLock
 from .saver import Saver
 from .store import FileSystem, Store
 from .watch import (
@@ -124,9 +125,12 @@ class CheckpointSystem(Capturing, Resuming):
             raise ValueError(f"checkpoint_frequency must be a positive integer or None, got {checkpoint_frequency!r}")
         # Resolved now: a later os.chdir() must not split the checkpoints over two trees.
         refuse_links(Path(os.path.abspath(os.path.expanduser(root_log_dir))))
-        self.store = Store(os.path.abspath(os.path.expanduser(root_log_dir)), file_system)
+        self.run = Run()
+        self.store = Store(os.path.abspath(os.path.expanduser(root_log_dir)), file_system, run=self.run)
+        self._run_lock = RunLock(self.store.root, self.run).acquire()
         stale = self.store.open()
         self.bus = Bus(strict=strict_handlers)
+        self.bus.run = self.run.id
         self._distributed = _coordinator(self.bus, lambda: self.hashing.components)
         self.ledger = ledger
         self.close_timeout = close_timeout
@@ -165,8 +169,14 @@ class CheckpointSystem(Capturing, Resuming):
         deletes = retention is not None and (self._distributed is None or self._distributed.writes_shared_state)
         self.retention = RetentionHandler(self.store, retention).connect(self.bus) if deletes else None
         log_path = self.store.log_path if self._distributed is None else self._distributed.log_path(self.store.log_path)
-        self.event_log = EventLogHandler(log_path).connect(self.bus)
-        self.bus.emit("started", root=str(self.store.root), checkpoint_frequency=checkpoint_frequency)
+        self.event_log = EventLogHandler(log_path, run_id=self.run.id, write=self.store.fs.append).connect(self.bus)
+        self.bus.emit(
+            "started",
+            root=str(self.store.root),
+            checkpoint_frequency=checkpoint_frequency,
+            resume=resume,
+            **self.run.describe(),
+        )
         for path in stale:
             log.warning("removed an uncommitted temporary left by a crash: %s", path)
         ledger.add_listener(self._on_ledger)
@@ -465,6 +475,8 @@ class CheckpointSystem(Capturing, Resuming):
             self._detach(entry)
         self.ledger.clear()
         self.event_log.close()
+        self.store.close()
+        self._run_lock.release()
         self._closed = True
         from . import api
 
