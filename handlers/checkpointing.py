@@ -3,11 +3,13 @@
 Decisions are a pure function of the events, so replay (``save=None``, the dry mode) makes the
 same decisions as the live run. Policy:
 
-- A new hash is *pending* until the next step boundary; then one ``fork`` checkpoint is taken of
-  the state trained under it. A burst of edits between two steps therefore gives one fork, and a
-  burst that returns to the hash in force gives none. The first hash of a run has no parent and
-  its first checkpoint is a ``start`` one.
-- A hash change caused by a reset is saved at once (``reset``).
+- A new hash takes effect at the next boundary, where the hashing handler announces it with one
+  ``hash_changed``; that event becomes one ``fork`` checkpoint of the state trained under it. A
+  burst of edits between two steps therefore gives one fork, and a burst that returns to the hash
+  in force gives none. The first hash of a run has no parent and its first checkpoint is a
+  ``start`` one. A boundary event stamped with a hash other than the one in force is followed by
+  that ``hash_changed``, so it decides nothing itself (the fork is that boundary's save).
+- A hash change caused by a reset is announced and saved at once (``reset``).
 - ``step % checkpoint_frequency == 0`` gives a ``periodic`` checkpoint. Once the user drives steps
   (``checkpoint_on_step``), automatic step events no longer drive periodic saves.
 - Explicit requests are saved at once; ``closing`` saves a pending fork or a ``final``
@@ -19,7 +21,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from weightslab_events.bus import Bus, Subscription
 from weightslab_events.events import Event
@@ -51,7 +52,6 @@ class CheckpointingHandler:
         self._subscriptions: list[Subscription] = []
         self.hash: str | None = None
         self.boundary_hash: str | None = None
-        self._pending: dict[str, Any] | None = None
         self.user_steps = False
         self.step = 0
         self._last_saved: tuple[str, int] | None = None
@@ -83,20 +83,16 @@ class CheckpointingHandler:
 
     def on_hash_changed(self, event: Event) -> None:
         with self._lock:
-            self.hash = event.data["new_hash"]
-            if event.data.get("cause") == "state_changed" and event.data.get("kind") == "reset":
-                parent = self._pending["parent"] if self._pending else self.boundary_hash
-                causes = (*self._pending["causes"], event.data["words"]) if self._pending else (event.data["words"],)
-                self._pending = None
-                self.boundary_hash = self.hash
-                self._decide("reset", self.step, parent, causes)
-                return
-            if self.hash == self.boundary_hash or self.hash is None:
-                self._pending = None
-                return
-            if self._pending is None:
-                self._pending = {"parent": self.boundary_hash, "causes": ()}
-            self._pending["causes"] = (*self._pending["causes"], event.data.get("words", ""))
+            data = event.data
+            self.hash = self.boundary_hash = data["new_hash"]
+            parent = data.get("old_hash")
+            reason = "reset" if data.get("boundary") == "reset" else "fork" if parent else "start"
+            causes = tuple(c.get("words", "") for c in data.get("causes") or ()) or (data.get("words", ""),)
+            self._decide(reason, event.step, parent, causes)
+
+    def _fork_follows(self, event: Event) -> bool:
+        """True if ``event`` is a boundary at which a new hash is about to be announced."""
+        return event.exp is not None and event.exp != self.boundary_hash
 
     def on_step(self, event: Event) -> None:
         with self._lock:
@@ -105,7 +101,7 @@ class CheckpointingHandler:
             elif self.user_steps:
                 return
             self.step = event.step
-            if self._take_pending(event.step):
+            if self._fork_follows(event):
                 return
             if self.frequency and event.step % self.frequency == 0 and self.hash is not None:
                 self._decide("periodic", event.step)
@@ -114,31 +110,21 @@ class CheckpointingHandler:
         with self._lock:
             self.hash = self.boundary_hash = event.data.get("hash")
             self.step = event.step
-            self._pending = None
             self._last_saved = (self.hash, self.step)
 
     def on_requested(self, event: Event) -> None:
         with self._lock:
-            if not self._take_pending(event.step) and self.hash is not None:
+            if not self._fork_follows(event) and self.hash is not None:
                 self._decide(event.data.get("reason", "manual"), event.step)
 
     def on_closing(self, event: Event) -> None:
         with self._lock:
-            if self._take_pending(event.step):
+            if self._fork_follows(event):
                 return
             if self.hash is not None and event.step > 0 and self._last_saved != (self.hash, event.step):
                 self._decide("final", event.step)
 
     # -- decisions --------------------------------------------------------------------------
-
-    def _take_pending(self, step: int) -> bool:
-        if self._pending is None or self.hash is None:
-            return False
-        parent, causes = self._pending["parent"], self._pending["causes"]
-        self._pending = None
-        self.boundary_hash = self.hash
-        self._decide("fork" if parent else "start", step, parent, causes)
-        return True
 
     def _decide(self, reason: str, step: int, parent: str | None = None, causes: tuple[str, ...] = ()) -> None:
         assert self.hash is not None and self._bus is not None

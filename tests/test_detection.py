@@ -21,8 +21,9 @@ def test_hyperparameter_edit_through_the_mapping_forks_at_once_nested_too(setup)
     event = rec.of_type("hyperparams_changed")[-1]
     assert (event.data["key"], event.data["old"], event.data["new"]) == ("aug.flip", True, False)
     assert system.experiment_hash != before
-    assert rec.of_type("hash_changed")[-1].data["old_hash"] == before
     assert wle.get_hyperparams("config").raw["aug"]["flip"] is False
+    train(model, optimizer, 1)  # the new experiment is announced where it takes effect
+    assert rec.of_type("hash_changed")[-1].data["new_hash"] == system.experiment_hash
 
 
 def test_direct_edit_of_the_registered_dict_is_found_by_the_next_step(make_system):
@@ -108,12 +109,14 @@ def test_user_lr_edit_under_a_scheduler_forks_even_if_the_scheduler_rewrites_it(
 
 def test_layer_assignment_is_an_edit_at_once(setup):
     system, model, optimizer, config, rec = setup()
+    train(model, optimizer, 1)
     before = system.experiment_hash
     model[2] = nn.Linear(16, 5)
     event = rec.of_type("layer_edited")[-1]
     assert event.data["path"] == "2" and event.data["how"] == "assign"
     assert event.data["old"]["settings"].endswith("out_features=3, bias=True")
     assert system.experiment_hash != before
+    train(model, optimizer, 1)
     assert rec.of_type("hash_changed")[-1].data["words"] == "layer 2 out_features 3 -> 5"
 
 
@@ -157,6 +160,7 @@ def test_requires_grad_is_found_by_the_next_step_and_freeze_at_once(setup):
     wle.freeze(model[0])
     h2 = system.experiment_hash
     assert h2 != h1 and rec.of_type("state_changed")[-1].data["paths"] == ("0.weight", "0.bias")
+    train(model, optimizer, 1)  # announced where it takes effect
     assert rec.of_type("hash_changed")[-1].data["words"] == "froze 0"
     wle.unfreeze(model[0])
     assert system.experiment_hash == h1, "returning to an earlier configuration returns to its hash"

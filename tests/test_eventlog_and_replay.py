@@ -72,7 +72,7 @@ def test_replaying_a_real_run_reproduces_its_hashes_and_checkpoint_decisions(roo
         (e.data["old_hash"], e.data["new_hash"], e.data["cause"]) for e in recorded if e.type == "hash_changed"
     ]
     live_saves = [(e.data["hash"], e.step, e.data["reason"]) for e in recorded if e.type == "checkpoint_scheduled"]
-    assert len(live_hashes) > 10 and len(live_saves) > 5
+    assert len(live_hashes) >= 5 and len(live_saves) > 5
     assert result.hash_changes == live_hashes
     assert result.checkpoints == live_saves
     assert result.hashes[-1] == system.experiment_hash

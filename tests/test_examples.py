@@ -33,6 +33,9 @@ def test_quickstart_prints_the_experiment_tree(tmp_path):
 def test_custom_handlers_example(tmp_path):
     out = run("custom_handlers.py", tmp_path, "--root", str(tmp_path / "demo"))
     assert "new experiment" in out and "after lr 0.01 -> 0.001" in out
+    directories = [p.name for p in (tmp_path / "demo" / "checkpoints").iterdir()]
+    announced = [line.split()[2] for line in out.splitlines() if line.startswith("new experiment")]
+    assert sorted(announced) == sorted(directories), "one line per experiment directory"
     assert "failed: ZeroDivisionError" in out
     assert "uploaded 6 checkpoints" in out
 

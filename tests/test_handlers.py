@@ -16,6 +16,7 @@ from weightslab_events.testing import FakeClock, Recorder, isolated_bus
 
 def test_subscribe_as_call_and_decorator_and_close(setup):
     system, model, optimizer, config, rec = setup()
+    train(model, optimizer, 1)
     seen: list[str] = []
 
     @wle.subscribe(wle.signals.hash_changed)
@@ -24,14 +25,18 @@ def test_subscribe_as_call_and_decorator_and_close(setup):
 
     subscription = wle.subscribe("hyperparams_changed", lambda e: seen.append(e.key))
     config["lr"] = 0.2
-    assert seen[0] == "lr" and seen[1].startswith(f"new {system.experiment_hash} after hyperparams_changed")
+    train(model, optimizer, 1)  # the new experiment is announced where it takes effect
+    assert seen[0] == "lr" and seen[1] == f"new {system.experiment_hash} after hyperparams_changed"
     subscription.close()
     announce.close()
     config["lr"] = 0.3
+    train(model, optimizer, 1)
     assert len(seen) == 2
     with wle.subscribe(wle.signals.hash_changed, lambda e: seen.append("ctx")):
         config["lr"] = 0.4
+        train(model, optimizer, 1)
     config["lr"] = 0.5
+    train(model, optimizer, 1)
     assert seen[-1] == "ctx" and seen.count("ctx") == 1
 
 
@@ -133,8 +138,8 @@ def test_async_handlers_run_off_the_training_thread_concurrently(setup):
             await anyio.to_thread.run_sync(both_started.wait)
             running[0] -= 1
 
-    wle.subscribe(wle.signals.hash_changed, upload)
-    wle.subscribe(wle.signals.hash_changed, Notifier())
+    wle.subscribe(wle.signals.hyperparams_changed, upload)
+    wle.subscribe(wle.signals.hyperparams_changed, Notifier())
     config["lr"] = 0.5  # returns at once: the handlers wait on each other in the background
     system.wait()
     assert most[0] == 2 and len(threads) == 2 and training_thread not in threads
@@ -148,14 +153,14 @@ def test_drain_from_async_code_waits_for_handler_work(setup):
         await anyio.sleep(0.05)
         done.append(event.type)
 
-    wle.subscribe(wle.signals.hash_changed, slow)
+    wle.subscribe(wle.signals.hyperparams_changed, slow)
     config["lr"] = 0.7
 
     async def main():
         await wle.drain()
 
     anyio.run(main)
-    assert done == ["hash_changed"]
+    assert done == ["hyperparams_changed"]
 
 
 def test_strict_mode_reraises_for_tests(make_system):

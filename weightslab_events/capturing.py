@@ -82,7 +82,7 @@ class Capturing:
     _close_deadline: Deadline | None
     _lock: threading.RLock
     _models: dict[str, ModelWatch]
-    _metrics: dict[str, float]
+    _metrics: dict[str, tuple[str | None, int, float]]
     _pending: PendingSnapshot | None
     _registered: Registered
     _iterations: Iterations
@@ -107,6 +107,11 @@ class Capturing:
             deferred, self._deferred = self._deferred, []
         for decision in deferred:
             self._capture(decision)
+
+    def _metrics_of(self, decision: Decision) -> dict[str, float]:
+        """The metrics reported under the checkpoint's hash at its step: a metric belongs to the
+        step it was reported at, so a fork never carries its parent's last value as its own."""
+        return {n: v for n, (h, s, v) in self._metrics.items() if (h, s) == (decision.hash, decision.step)}
 
     def _capture(self, decision: Decision) -> None:
         """Start the checkpoint ``decision`` asks for (see :mod:`.pending` for its lifecycle)."""
@@ -173,7 +178,7 @@ class Capturing:
             with self._lock:
                 payload = pending.complete()
                 info = {} if self.store.has_experiment(decision.hash) else self._experiment_info(decision)
-                job = SaveJob(decision.hash, decision.step, decision.reason, payload, info, dict(self._metrics))
+                job = SaveJob(decision.hash, decision.step, decision.reason, payload, info, self._metrics_of(decision))
             self.saver.submit(pending.pool, job)
         except Exception as error:
             self.saver.release(pending.pool)

@@ -151,7 +151,7 @@ class CheckpointSystem(Capturing, Resuming):
         self._pending: PendingSnapshot | None = None
         self._iterations = Iterations(self._warn_once)
         self._registered = Registered(self._models, self._optimizers, self._hyperparams, ledger, self._state_dicts)
-        self._metrics: dict[str, float] = {}
+        self._metrics: dict[str, tuple[str | None, int, float]] = {}  # name -> (hash, step, value)
         self._auto_resume = resume
         self._resumed_payload: dict[str, Any] | None = None
         self._closed = False
@@ -402,7 +402,7 @@ class CheckpointSystem(Capturing, Resuming):
 
     def report_metric(self, name: str, value: float) -> None:
         """Record a metric (for ``BestN`` retention and the report) and emit ``metric``."""
-        self._metrics[name] = float(value)
+        self._metrics[name] = (self.experiment_hash, self.step, float(value))
         self.bus.emit("metric", name=name, value=float(value))
 
     # -- waiting and closing ----------------------------------------------------------------
