@@ -20,7 +20,7 @@ from torch import nn
 import weightslab_events as wle
 from weightslab_events.eventlog import read_events
 from weightslab_events.replay import replay
-from weightslab_events.store import Store
+from weightslab_events.store import Store, sha256_of
 
 WORKER = Path(__file__).parent / "helpers" / "distributed_worker.py"
 STEPS = 20
@@ -163,6 +163,17 @@ def test_ddp_job_killed_and_resumed_ends_bitwise_equal_to_a_straight_run_on_ever
     run_job(tmp_path / "straight", 2, "--steps", str(STEPS), "--keep", "1", "--out", str(tmp_path / "straight"))
     assert_one_log_that_replays(tmp_path / "straight")
     assert_only_listed_files(tmp_path / "straight")
+    # A fresh rerun (other data, no resume) saves the same hash and steps: no committed part changes.
+    straight_store = Store(tmp_path / "straight")
+    committed_parts = {
+        straight_store.part_path(hash, part["file"]): part["sha256"]
+        for hash in straight_store.hashes()
+        for record in straight_store.records(hash)
+        for part in record["parts"]
+    }
+    run_job(tmp_path / "straight", 2, "--steps", "6", "--fresh")
+    for path, digest in committed_parts.items():
+        assert sha256_of(path) == digest, f"a rerun saving the same steps overwrote {path}"
     kill_job_mid_run(tmp_path / "killed", 2)
     records = assert_committed_and_sound(tmp_path / "killed", 2)
 
@@ -252,7 +263,7 @@ def test_fsdp2_job_killed_and_resumed_matches_a_straight_run_and_resumes_on_one_
     # A damaged shard fails verify, and resume falls back to the previous good checkpoint; here in
     # a single process, where DCP loads the two ranks' shards into a plain model.
     store = Store(tmp_path / "straight")
-    shard = store.shard_dir(child, STEPS) / "__1_0.distcp"
+    shard = store.shard_folder(child, store.records(child)[-1]) / "__1_0.distcp"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))

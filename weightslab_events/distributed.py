@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
-import shutil
 import uuid
 import warnings
 from collections import OrderedDict
@@ -185,10 +184,11 @@ class Coordinator:
 
     def commit(self, store: Store, job: SaveJob) -> dict[str, Any]:
         """Every rank writes its part; rank 0 commits the manifest last; returns the committed record."""
-        token = self._align(job)
-        folder = _Folder(store.shard_dir(job.hash, job.step), token) if job.payload.get("sharded") else None
+        stem, token = self._align(store, job)
+        final = store.checkpoint_path(job.hash, job.step).with_name(stem)
+        folder = _Folder(final, token) if job.payload.get("sharded") else None
         try:
-            mine: dict[str, Any] = {"parts": self._write_parts(store, job, folder)}
+            mine: dict[str, Any] = {"parts": self._write_parts(store, job, stem, folder)}
         except Exception as error:
             mine = {"error": f"rank {self.rank}: {type(error).__name__}: {error}"}
         gathered = self._gather(mine)
@@ -200,20 +200,27 @@ class Coordinator:
             raise CheckpointError(outcome["error"])
         return outcome["record"]
 
-    def _align(self, job: SaveJob) -> str:
-        """Exchange the job's key until every rank's writer holds the same checkpoint; rank 0's token.
+    def _align(self, store: Store, job: SaveJob) -> tuple[str, str]:
+        """Exchange the job's key until every rank's writer holds the same checkpoint.
+
+        Returns the parts' stem and a token for the DCP folder's temporary name, both rank 0's.
 
         A rank that skipped a periodic save (``when_busy="skip"``) or failed to copy one is behind
         the others: a rank holding an older step than another fails that checkpoint and moves on to
         its next job, and the ranks at the newest step exchange again with it. Different
         checkpoints at the same step mean the ranks disagree: none is committed.
+
+        Rank 0 names the parts: ``{hash}_step_{step:06d}`` as the main file, or, when a part of
+        that name exists already (another run committed this step), with a fresh token added, so
+        no committed part is ever overwritten.
         """
         key = [job.step, job.hash, job.reason]
         while True:
-            views = self._gather({"key": key, "token": uuid.uuid4().hex[:8]})
+            stem = _free_stem(store, job) if self.rank == 0 else ""
+            views = self._gather({"key": key, "stem": stem, "token": uuid.uuid4().hex[:8]})
             keys = [view["key"] for view in views]
             if all(k == key for k in keys):
-                return views[0]["token"]
+                return views[0]["stem"], views[0]["token"]
             newest = max(k[0] for k in keys)
             if all(k[0] == newest for k in keys):
                 saved = "; ".join(f"rank {r}: {k[1]} step {k[0]} ({k[2]})" for r, k in enumerate(keys))
@@ -224,7 +231,7 @@ class Coordinator:
                     "not committed"
                 )
 
-    def _write_parts(self, store: Store, job: SaveJob, folder: _Folder | None) -> list[dict[str, Any]]:
+    def _write_parts(self, store: Store, job: SaveJob, stem: str, folder: _Folder | None) -> list[dict[str, Any]]:
         parts = []
         if folder is not None:
             parts.extend(self._write_shards(job, folder))
@@ -236,7 +243,7 @@ class Coordinator:
             "rng": job.payload.get("rng", {}),
             "statefuls": job.payload.get("statefuls", {}),
         }
-        path = rank_part_path(store, job.hash, job.step, self.rank)
+        path = store.checkpoint_path(job.hash, job.step).with_name(f"{stem}.rank{self.rank}.pt")
         size, digest = store.write_atomic(path, lambda f: torch.save(own, f))
         parts.append({"file": path.name, "kind": RANK_PART, "rank": self.rank, "size": size, "sha256": digest})
         return parts
@@ -327,15 +334,16 @@ class _Folder:
         self.temp = final.with_name(f".{final.name}{TEMP_MARK}{token}")
 
     def move_into_place(self, store: Store) -> None:
-        if self.final.exists():
-            shutil.rmtree(self.final)
+        """Rename the complete folder into place (its name is free: see ``_free_stem``)."""
         store.fs.replace(self.temp, self.final)
         store.fs.fsync_dir(self.final.parent)
 
 
-def rank_part_path(store: Store, hash: str, step: int, rank: int) -> Path:
-    main = store.checkpoint_path(hash, step)
-    return main.with_name(f"{main.stem}.rank{rank}{main.suffix}")
+def _free_stem(store: Store, job: SaveJob) -> str:
+    """``{hash}_step_{step:06d}`` unless a part or DCP folder of that name exists; then a fresh variant."""
+    default = store.checkpoint_path(job.hash, job.step)
+    taken = default.with_name(f"{default.stem}.rank0.pt").exists() or default.with_suffix("").exists()
+    return f"{default.stem}.{uuid.uuid4().hex[:8]}" if taken else default.stem
 
 
 def _describe_disagreement(views: list[dict[str, Any]], differing: list[str]) -> str:
@@ -409,7 +417,10 @@ def load_parts(
             "checkpoint %s has no part for rank %d (saved by %s ranks)", record["file"], rank, record.get("world_size")
         )
     if record.get("sharded"):
-        _load_sharded(store.shard_dir(hash, int(record["step"])), coordinator, models, optimizers)
+        folder = store.shard_folder(hash, dict(record))
+        if folder is None:
+            raise CheckpointError(f"sharded checkpoint {record['file']} lists no DCP folder among its parts")
+        _load_sharded(folder, coordinator, models, optimizers)
         payload["sharded"] = True
     return payload
 

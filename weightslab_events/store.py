@@ -171,9 +171,10 @@ class Store:
     def checkpoint_path(self, hash: str, step: int) -> Path:
         return self.exp_dir(hash) / "model" / f"{hash}_step_{int(step):06d}.pt"
 
-    def shard_dir(self, hash: str, step: int) -> Path:
-        """The DCP folder of a sharded (FSDP2) checkpoint, named like its ``.pt`` file."""
-        return self.exp_dir(hash) / "model" / f"{hash}_step_{int(step):06d}"
+    def shard_folder(self, hash: str, record: dict[str, Any]) -> Path | None:
+        """The DCP folder a sharded (FSDP2) checkpoint's listed parts live in; ``None`` if it has none."""
+        folders = {str(p.get("file", "")).split("/")[0] for p in record.get("parts", ()) if "/" in str(p.get("file"))}
+        return self.part_path(hash, folders.pop()) if record.get("sharded") and len(folders) == 1 else None
 
     def part_path(self, hash: str, relative: str) -> Path:
         """A listed part of a multi-rank checkpoint (``name`` or ``folder/name``), kept inside ``model/``."""
@@ -421,8 +422,8 @@ class Store:
                 part_path = self.part_path(hash, part["file"])
                 if self.outside_problem(part_path) is None:
                     part_path.unlink(missing_ok=True)
-            shard = self.shard_dir(hash, record["step"])
-            if record.get("sharded") and self.outside_problem(shard) is None:
+            shard = self.shard_folder(hash, record)
+            if shard is not None and self.outside_problem(shard) is None:
                 shutil.rmtree(shard, ignore_errors=True)
 
     def outside_problem(self, path: Path) -> str | None:

@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--only-rank-0", action="store_true", help="only rank 0 creates a system (a mistake)")
     parser.add_argument("--system-first", action="store_true", help="create the system before init (a mistake)")
     parser.add_argument("--setup-timeout", type=float, help="seconds a rank waits for the others' systems")
+    parser.add_argument("--fresh", action="store_true", help="no resume, other data: a rerun of the same config")
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.setup_timeout is not None:
@@ -83,7 +84,7 @@ def main() -> None:
 
         fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sampler = torch.Generator().manual_seed(1000 + rank)
+    sampler = torch.Generator().manual_seed(1000 + rank + (7 if args.fresh else 0))
     torch.manual_seed(2000 + rank)  # dropout masks differ per rank: every rank's RNG must be restored
 
     if args.only_rank_0 and rank != 0:
@@ -92,7 +93,10 @@ def main() -> None:
     retention = wle.LatestN(args.keep) if args.keep else None
     try:
         system = wle.get_checkpoint_system(
-            args.root, checkpoint_frequency=args.freq, resume=args.resume_hash is None, retention=retention
+            args.root,
+            checkpoint_frequency=args.freq,
+            resume=args.resume_hash is None and not args.fresh,
+            retention=retention,
         )
     except wle.DistributedSetupError as error:
         print(f"setup: {error}", file=sys.stderr, flush=True)
