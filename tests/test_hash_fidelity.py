@@ -262,3 +262,21 @@ def test_a_wrapped_model_has_the_plain_models_hash_and_keys_and_resumes_across(m
     assert system.resume(hash=plain_hash) == 6
     assert torch.equal(again[0].weight, model.module[0].weight if wrap == "ddp" else model._orig_mod[0].weight)
     system.close()
+
+
+def test_a_sequential_schedule_is_described_by_its_parts_and_milestones(root):
+    def sequential(milestone: int, gamma: float) -> str:
+        system = wle.get_checkpoint_system(root, checkpoint_frequency=None)
+        model = wle.register_model("model", mlp())
+        optimizer = wle.register_optimizer("optimizer", torch.optim.SGD(model.parameters(), lr=0.1))
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=milestone)
+        decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+        wle.register_scheduler(
+            "scheduler", torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], [milestone])
+        )
+        hash = system.experiment_hash
+        system.close()
+        return hash
+
+    assert sequential(5, 0.9) == sequential(5, 0.9)
+    assert len({sequential(5, 0.9), sequential(10, 0.9), sequential(5, 0.5)}) == 3

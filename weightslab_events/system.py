@@ -366,6 +366,10 @@ class CheckpointSystem(Capturing, Resuming):
     def wait(self, timeout: float | None = None) -> None:
         """Block until every scheduled save is durable and async handlers are done.
 
+        A checkpoint still pending is completed now: call ``wait()`` after ``scheduler.step()`` (and
+        ``scaler.update()``), not between them and ``optimizer.step()``, or that checkpoint holds the
+        scheduler one step behind.
+
         Raises :class:`CheckpointError` naming every save that failed since the last call.
         """
         if self._training_thread in (None, threading.get_ident()):
