@@ -280,3 +280,18 @@ def test_a_sequential_schedule_is_described_by_its_parts_and_milestones(root):
 
     assert sequential(5, 0.9) == sequential(5, 0.9)
     assert len({sequential(5, 0.9), sequential(10, 0.9), sequential(5, 0.5)}) == 3
+
+
+def test_hugging_face_warmup_schedules_hash_by_their_settings(root):
+    transformers = pytest.importorskip("transformers")  # in the test extras with the HF integration
+    hashes = []
+    for warmup, total in ((5, 40), (100, 1000), (5, 40)):
+        system = wle.get_checkpoint_system(root, checkpoint_frequency=None)
+        model = wle.register_model("model", mlp())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+        wle.register_optimizer("optimizer", optimizer)
+        wle.register_scheduler("scheduler", scheduler)
+        hashes.append(system.experiment_hash)
+        system.close()
+    assert hashes[0] == hashes[2] != hashes[1]
