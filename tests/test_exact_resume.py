@@ -172,3 +172,18 @@ def test_wait_in_the_middle_of_training_still_gives_the_end_of_the_step(setup):
     saved = load(system.store.checkpoint_path(system.experiment_hash, 3))["models"]["model"]
     assert all(torch.equal(saved[k], v) for k, v in model_copy.state_dict().items())
     system.close()
+
+
+def test_optimizers_stepping_in_no_fixed_order_are_warned_about_once(make_system, caplog):
+    system = make_system(checkpoint_frequency=1)
+    d = wle.register_model("d", nn.Linear(8, 1))
+    g = wle.register_model("g", nn.Linear(8, 8))
+    d_opt = wle.register_optimizer("d_opt", torch.optim.Adam(d.parameters(), lr=0.01))
+    g_opt = wle.register_optimizer("g_opt", torch.optim.Adam(g.parameters(), lr=0.01))
+    with caplog.at_level(logging.WARNING, logger="weightslab_events"):
+        for iteration in range(10):
+            gan_iteration(d, g, d_opt, g_opt, d_first=iteration % 3 != 0)
+        system.close()
+    unordered = [r for r in caplog.records if "no fixed order" in r.getMessage()]
+    assert len(unordered) == 1
+    assert [r["step"] for r in system.store.records(system.experiment_hash)] == list(range(1, 11))

@@ -262,3 +262,36 @@ def test_a_wrapped_model_has_the_plain_models_hash_and_keys_and_resumes_across(m
     assert system.resume(hash=plain_hash) == 6
     assert torch.equal(again[0].weight, model.module[0].weight if wrap == "ddp" else model._orig_mod[0].weight)
     system.close()
+
+
+def test_a_sequential_schedule_is_described_by_its_parts_and_milestones(root):
+    def sequential(milestone: int, gamma: float) -> str:
+        system = wle.get_checkpoint_system(root, checkpoint_frequency=None)
+        model = wle.register_model("model", mlp())
+        optimizer = wle.register_optimizer("optimizer", torch.optim.SGD(model.parameters(), lr=0.1))
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=milestone)
+        decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+        wle.register_scheduler(
+            "scheduler", torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], [milestone])
+        )
+        hash = system.experiment_hash
+        system.close()
+        return hash
+
+    assert sequential(5, 0.9) == sequential(5, 0.9)
+    assert len({sequential(5, 0.9), sequential(10, 0.9), sequential(5, 0.5)}) == 3
+
+
+def test_hugging_face_warmup_schedules_hash_by_their_settings(root):
+    transformers = pytest.importorskip("transformers")  # in the test extras with the HF integration
+    hashes = []
+    for warmup, total in ((5, 40), (100, 1000), (5, 40)):
+        system = wle.get_checkpoint_system(root, checkpoint_frequency=None)
+        model = wle.register_model("model", mlp())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+        wle.register_optimizer("optimizer", optimizer)
+        wle.register_scheduler("scheduler", scheduler)
+        hashes.append(system.experiment_hash)
+        system.close()
+    assert hashes[0] == hashes[2] != hashes[1]

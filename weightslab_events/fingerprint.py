@@ -302,7 +302,8 @@ def describe_scheduler(scheduler: Any) -> dict[str, Any]:
 
     Functions a scheduler holds (``LambdaLR``'s ``lr_lambdas``, a ``CyclicLR`` ``scale_fn``)
     are not in its ``state_dict()``, so they are read from the object and described by what they
-    compute: two warmup lambdas with other constants are two experiments.
+    compute: two warmup lambdas with other constants are two experiments. A ``SequentialLR`` or
+    ``ChainedScheduler`` is described by its parts and milestones.
     """
     from torch.optim import Optimizer
 
@@ -312,6 +313,10 @@ def describe_scheduler(scheduler: Any) -> dict[str, Any]:
         for k, v in state.items()
         if not k.startswith("_") and k not in _SCHEDULER_PROGRESS_KEYS and k != "optimizer"
     }
+    children = getattr(scheduler, "_schedulers", None)
+    if isinstance(children, (list, tuple)):  # SequentialLR, ChainedScheduler: the parts and when
+        settings["schedulers"] = [describe_scheduler(child) for child in children]
+        settings["milestones"] = list(getattr(scheduler, "_milestones", []))
     for attribute, value in vars(scheduler).items():
         if attribute.startswith("_") or attribute == "optimizer":
             continue

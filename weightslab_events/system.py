@@ -410,8 +410,13 @@ class CheckpointSystem(Capturing, Resuming):
     def wait(self, timeout: float | None = None) -> None:
         """Block until every scheduled save is durable and async handlers are done.
 
+        A checkpoint still pending is completed now: call ``wait()`` after ``scheduler.step()`` (and
+        ``scaler.update()``), not between them and ``optimizer.step()``, or that checkpoint holds the
+        scheduler one step behind.
+
         ``timeout`` bounds the whole wait. From inside a handler it waits for everything but that
         handler (and handlers that are waiting themselves); see :mod:`.asyncrunner`.
+
         Raises :class:`CheckpointError` naming every save that failed since the last call.
         """
         deadline = Deadline(timeout)

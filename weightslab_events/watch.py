@@ -318,6 +318,11 @@ class HyperparamWatch:
 
     def check(self) -> None:
         try:
+            if self.data == self._last:  # the common case, at C speed
+                return
+        except Exception:  # arrays compare ambiguously; another thread resized the dict
+            pass
+        try:
             changes = read_consistently(self._changes)
             if not changes:
                 return
