@@ -216,6 +216,9 @@ def test_resume_skips_a_damaged_experiment_and_says_so(pristine, tmp_path):
         assert corrupted and corrupted[0].data["file"].endswith(f"{hashes[0]}/manifest.yaml")
         assert "digest" in corrupted[0].data["problem"]
         assert system.resume(hash=hashes[1][:8]) == 8, "the sound experiment still resumes"
+        faults = system.verify()
+        assert len(faults) > 1 and f"{hashes[0]}/manifest.yaml: its SHA-256 digest" in faults[0]
+        assert all(hashes[0] in fault for fault in faults), "the sound experiment verifies"
         with pytest.raises(wle.CheckpointNotFoundError, match="cannot be resumed: manifest .* is damaged"):
             system.resume(hash=hashes[0][:8])
     train(model, optimizer, 1)

@@ -34,6 +34,7 @@ from .reader import resolve_prefix
 from .restore import check_architecture, restore_stateful
 from .snapshot import restore_rng
 from .store import Fault
+from .verifying import check_root
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,11 +70,17 @@ class Resuming:
     _resumed_payload: dict[str, Any] | None
 
     def verify(self) -> list[str]:
-        """Check every committed checkpoint; each fault is logged, emitted and returned."""
+        """Check every file of every experiment (as ``weightslab-events verify`` does).
+
+        Each fault (a checkpoint, a manifest, a config or architecture file, a link) is logged,
+        emitted as ``checkpoint_corrupted`` and returned; a damaged one never raises.
+        """
         faults = []
-        for hash, _record, fault in self.store.verify():
-            if fault is not None:
-                self._report_corrupt(hash, fault)
+        for name, found in check_root(self.store):
+            if name == "log":  # the live log is being written: the command line checks it
+                continue
+            for fault in found:
+                self._report_corrupt(fault.hash, fault)
                 faults.append(str(fault))
         return faults
 
