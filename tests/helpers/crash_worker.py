@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--freq", type=int, default=1)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--announce-saves", action="store_true", help="print 'saved STEP' as each commit lands")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -37,6 +38,8 @@ def main() -> None:
     sampler = torch.Generator().manual_seed(1234)
 
     system = wle.get_checkpoint_system(args.root, checkpoint_frequency=args.freq, resume=True)
+    if args.announce_saves:
+        wle.subscribe("checkpoint_saved", lambda event: print(f"saved {event.step}", flush=True))
     wle.register_model("model", model)
     wle.register_optimizer("optimizer", optimizer)
     wle.register_scheduler("scheduler", scheduler)
