@@ -104,16 +104,23 @@ def test_a_stateful_that_could_never_be_loaded_is_refused_at_registration(setup)
 def test_edits_from_another_thread_never_raise_into_training_or_fail_a_save(setup):
     system, model, optimizer, config, _rec = setup(checkpoint_frequency=1)
     stop = threading.Event()
+    stepped = threading.Event()
     errors: list[BaseException] = []
+    wle.subscribe("step", lambda event: stepped.set())
 
     def editor() -> None:
+        """A burst of edits while each step runs: the dict itself and the live mapping, keys added
+        and removed. Paced by the steps (not a tight loop that would starve training of the GIL)."""
         index = 0
         try:
             while not stop.is_set():
-                config.raw[f"direct{index % 50}"] = index  # the user's dict itself
-                config[f"mapped{index % 50}"] = {"n": index}  # through the live mapping
-                config.raw.pop(f"direct{(index + 25) % 50}", None)
-                index += 1
+                for _ in range(20):
+                    config.raw[f"direct{index % 50}"] = index  # the user's dict itself
+                    config[f"mapped{index % 50}"] = {"n": index}  # through the live mapping
+                    config.raw.pop(f"direct{(index + 25) % 50}", None)
+                    index += 1
+                stepped.wait()
+                stepped.clear()
         except BaseException as error:  # noqa: BLE001 - the test reports anything
             errors.append(error)
 
@@ -123,6 +130,7 @@ def test_edits_from_another_thread_never_raise_into_training_or_fail_a_save(setu
         train(model, optimizer, 60)
     finally:
         stop.set()
+        stepped.set()
         thread.join()
     system.close()  # raises CheckpointError if any save failed
     assert not errors
