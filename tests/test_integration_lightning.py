@@ -98,7 +98,7 @@ def test_an_lr_edit_through_lightnings_optimizer_wrapper_forks_at_the_next_step(
     trainer_for(callback, max_steps=9).fit(Editing(), loader())
     forks = {e.step: e.causes for e in events(tmp_path) if e.type == "checkpoint_scheduled" and e.reason == "fork"}
     assert sorted(forks) == [4, 7], "each edit forks at the next global step"
-    assert "lr 0.05 -> 0.001" in forks[7]
+    assert "optimizer.lr 0.05 -> 0.001" in forks[7], "qualified: Lightning's hparams may hold an lr too"
 
 
 def first_batch(output: str) -> tuple[int, int, int]:

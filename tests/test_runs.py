@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ WORKER = Path(__file__).parent / "helpers" / "run_worker.py"
 def start(root: Path, *args: str, stderr: Path | None = None) -> subprocess.Popen[str]:
     err = open(stderr or root.parent / f"stderr-{len(list(root.parent.glob('stderr-*')))}.txt", "w")
     command = [sys.executable, str(WORKER), "--root", str(root), *map(str, args)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
 def finish(process: subprocess.Popen[str]) -> str:
@@ -45,11 +46,24 @@ def ready_step(process: subprocess.Popen[str]) -> int:
 
 
 def kill_at(process: subprocess.Popen[str], step: int) -> None:
-    """SIGKILL the worker once it announces ``step`` (it may be a little further by then)."""
-    assert process.stdout is not None
+    """SIGKILL a ``--lockstep`` worker at ``step``, once its run's ``started`` line is in the log.
+
+    The worker waits for a line on stdin after each step, so the kill lands exactly at ``step``;
+    the log is written by a thread of its own a few ms behind, so the test waits (polling the
+    file for the run's pid, not for a fixed time) until the run has reached it.
+    """
+    assert process.stdout is not None and process.stdin is not None
     for line in process.stdout:
         if line.startswith("step ") and int(line.split()[1]) >= step:
             break
+        process.stdin.write("\n")
+        process.stdin.flush()
+    log_path = Path(process.args[process.args.index("--root") + 1]) / "logs" / "events.jsonl"
+    marker = f'"pid":{process.pid},'
+    deadline = time.monotonic() + 60
+    while marker not in (log_path.read_text() if log_path.exists() else ""):
+        assert time.monotonic() < deadline, "the worker's run never reached the log"
+        time.sleep(0.01)  # polling the file for a condition, not a fixed wait
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
 
@@ -118,10 +132,10 @@ def live_decisions(run) -> tuple[list, list]:
 
 def test_killed_twice_and_resumed_the_log_is_one_history_that_replays_run_by_run(tmp_path):
     root = tmp_path / "root"
-    first = start(root, "--steps", 30, "--freq", 5, "--resume")
+    first = start(root, "--steps", 30, "--freq", 5, "--resume", "--lockstep")
     assert ready_step(first) == 0
     kill_at(first, 12)
-    second = start(root, "--steps", 30, "--freq", 5, "--resume")
+    second = start(root, "--steps", 30, "--freq", 5, "--resume", "--lockstep")
     resumed_at = ready_step(second)
     assert resumed_at in (5, 10)
     kill_at(second, 22)

@@ -70,6 +70,8 @@ def train(args: argparse.Namespace) -> None:
         optimizer.step()
         scheduler.step()
         print(f"step {system.step}", flush=True)
+        if args.lockstep:
+            sys.stdin.readline()  # the test says when to take the next step
     try:
         system.close()
     finally:
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--freq", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--lockstep", action="store_true", help="wait for a line on stdin after each step")
     parser.add_argument("--cosine", action="store_true")
     parser.add_argument("--report")
     parser.add_argument("--open-loop", action="store_true")
