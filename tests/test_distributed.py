@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,20 +29,27 @@ JOB_TIMEOUT = 120
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@dataclass
+class Job:
+    """A job's ranks and the rendezvous store they share, hosted here as torchrun's agent hosts it.
+
+    The store binds a free port itself (no port picked and released, so no race with another job)
+    and outlives every rank, so a rank that exits first never takes the store from the others.
+    """
+
+    processes: list[subprocess.Popen[str]]
+    store: torch.distributed.TCPStore
 
 
-def launch(root: Path, world: int, *extra: str) -> list[subprocess.Popen[str]]:
-    port = str(free_port())
+def launch(root: Path, world: int, *extra: str) -> Job:
+    store = torch.distributed.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
     processes = []
     for rank in range(world):
         env = {
             **os.environ,
             "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
+            "MASTER_PORT": str(store.port),
+            "TORCHELASTIC_USE_AGENT_STORE": "True",
             "RANK": str(rank),
             "LOCAL_RANK": str(rank),
             "WORLD_SIZE": str(world),
@@ -53,12 +60,13 @@ def launch(root: Path, world: int, *extra: str) -> list[subprocess.Popen[str]]:
                 command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         )
-    return processes
+    return Job(processes, store)
 
 
-def finish(processes: list[subprocess.Popen[str]], expect: int = 0) -> list[tuple[str, str]]:
+def finish(job: Job, expect: int = 0) -> list[tuple[str, str]]:
     """Wait for every rank (bounded: a hang fails the test) and return each rank's (stdout, stderr)."""
     results = []
+    processes = job.processes
     try:
         for process in processes:
             out, err = process.communicate(timeout=JOB_TIMEOUT)
@@ -78,7 +86,8 @@ def run_job(root: Path, world: int, *extra: str) -> list[str]:
 
 def kill_job_mid_run(root: Path, world: int, *extra: str) -> None:
     """Start the job, wait until every rank is past its pause step, SIGKILL every rank."""
-    processes = launch(root, world, "--steps", str(STEPS), "--pause-at", "12", *extra)
+    job = launch(root, world, "--steps", str(STEPS), "--pause-at", "12", *extra)
+    processes = job.processes  # the job keeps its store alive until the ranks are gone
     try:
         for process in processes:
             assert process.stdout is not None
@@ -201,8 +210,8 @@ def test_ddp_job_killed_and_resumed_ends_bitwise_equal_to_a_straight_run_on_ever
 
 def test_a_system_on_rank_0_alone_is_a_clear_error_there_and_no_rank_hangs(tmp_path):
     """Only rank 0 creates a system: it raises after the set-up wait; the other rank fails too, none hangs."""
-    processes = launch(tmp_path / "root", 2, "--steps", "5", "--only-rank-0", "--setup-timeout", "3")
-    outcome = [(process.communicate(timeout=JOB_TIMEOUT), process.returncode) for process in processes]
+    job = launch(tmp_path / "root", 2, "--steps", "5", "--only-rank-0", "--setup-timeout", "3")
+    outcome = [(process.communicate(timeout=JOB_TIMEOUT), process.returncode) for process in job.processes]
     (_, rank_0_err), rank_0_code = outcome[0]
     assert rank_0_code == 3 and "not every rank did within 3 s" in rank_0_err, rank_0_err[-2000:]
     assert outcome[1][1] != 0, "rank 1's training fails once rank 0 is gone"
