@@ -13,8 +13,8 @@ from conftest import close_all, mlp, train
 import weightslab_events as wle
 from weightslab_events.terminal import printable
 
-HOSTILE = "a\nb\r\x1b[31mred\x00nul\x07\u202e"
-ESCAPED = "a\\nb\\r\\x1b[31mred\\x00nul\\x07\\u202e"
+HOSTILE = "a\nb\r\x1b[31mred\x00nul\x07\u202e[/x]"
+ESCAPED = "a\\nb\\r\\x1b[31mred\\x00nul\\x07\\u202e[/x]"
 UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")
 
 

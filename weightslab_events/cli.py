@@ -283,6 +283,15 @@ def gc(
             "and deletes nothing unless told what to keep"
         )
     opened = _open(root)
+    recorded = sorted({name for exp in opened for c in exp.checkpoints for name in c.metrics})
+    metric = (best or "").partition(":")[0]
+    if best and metric not in recorded:
+        raise _Failed(
+            printable(
+                f"no checkpoint recorded metric {metric!r} (recorded: {', '.join(recorded) or 'none'}); "
+                "gc deleted nothing"
+            )
+        )
     result = collect(opened, policy, dry_run=dry_run)
     if as_json:
         _emit_json(result.to_json())

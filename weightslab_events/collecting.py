@@ -1,8 +1,10 @@
 """``gc``: deleting the checkpoints a retention policy does not keep, from the command line.
 
-Policy: a damaged experiment is skipped (its manifest cannot say what is safe to delete), and
-deletion goes through :meth:`Store.delete`, which removes only regular files that the manifest
-lists inside ``checkpoints/<hash>/model/`` of this root and never follows a symbolic link.
+Policy: a damaged experiment is skipped (its manifest cannot say what is safe to delete), and so
+is one whose checkpoints to keep do not all verify (checksums): deleting the good ones beside a
+corrupt newest one would leave nothing to resume from. Deletion goes through
+:meth:`Store.delete`, which removes only regular files that the manifest lists inside
+``checkpoints/<hash>/model/`` of this root and never follows a symbolic link.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from .handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy, plan_deletions
 from .reader import Root
+from .store import Fault
 
 __all__ = ["Collection", "collect", "policy_of"]
 
@@ -62,7 +65,12 @@ def collect(root: Root, policy: RetentionPolicy, dry_run: bool) -> Collection:
         if exp.damaged:
             result.skipped.append((exp.hash, f"damaged ({exp.damage})"))
             continue
-        for record in plan_deletions(root.store, exp.hash, policy):
+        doomed = plan_deletions(root.store, exp.hash, policy)
+        fault = _fault_among_kept(root, exp.hash, doomed)
+        if fault is not None:
+            result.skipped.append((exp.hash, f"a checkpoint it would keep is damaged ({fault}); run verify"))
+            continue
+        for record in doomed:
             path = root.store.file_of(exp.hash, record)
             if not dry_run:
                 root.store.delete(exp.hash, record["file"])
@@ -76,3 +84,14 @@ def collect(root: Root, policy: RetentionPolicy, dry_run: bool) -> Collection:
                 }
             )
     return result
+
+
+def _fault_among_kept(root: Root, hash: str, doomed: list[dict[str, Any]]) -> Fault | None:
+    """The first checkpoint ``gc`` would keep in ``hash`` that does not verify, if any."""
+    deleted = {record["file"] for record in doomed}
+    for record in root.store.records(hash):
+        if record["file"] not in deleted:
+            fault = root.store.check(hash, record)
+            if fault is not None:
+                return fault
+    return None
