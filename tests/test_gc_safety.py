@@ -1,4 +1,4 @@
-"""gc on a damaged root, or asked for a metric nobody recorded, deletes nothing it should keep."""
+"""gc and report on a root: nothing they should keep is deleted or overwritten."""
 
 from __future__ import annotations
 
@@ -39,3 +39,15 @@ def test_gc_best_with_a_metric_never_recorded_deletes_nothing(pristine, tmp_path
     done = cli("gc", root, "--best", "val_los")
     assert done.returncode == 1 and "no checkpoint recorded metric 'val_los' (recorded: none)" in done.stderr, done
     assert sorted(p.name for p in (root / "checkpoints").rglob("*.pt")) == before
+
+
+@pytest.mark.parametrize("where", ["checkpoints/{h}/manifest.yaml", "logs/events.jsonl", "../notes.txt"])
+def test_report_never_overwrites_a_file_of_the_root_or_a_file_that_is_not_a_page(pristine, tmp_path, where):
+    root, hashes = copy_root(pristine, tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    target = root / where.format(h=hashes[0])
+    before = target.read_bytes()
+    done = cli("report", root, "-o", target)
+    assert done.returncode == 1 and "refusing to write the report" in done.stderr, done
+    assert target.read_bytes() == before
+    assert cli("report", root, "-o", tmp_path / "report.html").returncode == 0

@@ -82,5 +82,20 @@ def build_report(root: Root | str | os.PathLike[str], output: str | os.PathLike[
     fill = {"__TITLE__": title, "__DATA__": data, "__CSP__": content_security_policy(template)}
     page = re.sub("|".join(fill), lambda m: fill[m.group(0)], template)  # one pass: no value is re-read
     path = Path(output)
+    _refuse_to_overwrite(opened, path)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _refuse_to_overwrite(root: Root, path: Path) -> None:
+    """A report never lands among a root's own files, nor over an existing file that is not a page.
+
+    ``-o checkpoints/<hash>/manifest.yaml`` (a typo) would otherwise destroy an experiment's index.
+    """
+    target = path.resolve()
+    for folder in ("checkpoints", "logs", "runs", "data"):
+        owned = (root.path / folder).resolve()
+        if target == owned or owned in target.parents:
+            raise ValueError(f"refusing to write the report to {path}: it is inside {owned}, which the root owns")
+    if target.exists() and target.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"refusing to write the report over {path}: it exists and is not an HTML file")
