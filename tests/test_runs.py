@@ -20,6 +20,7 @@ from conftest import train
 
 import weightslab_events as wle
 from weightslab_events.eventlog import read_runs
+from weightslab_events.report import report_data
 from weightslab_events.runs import Run, RunLock
 from weightslab_events.store import TEMP_MARK, Store
 
@@ -262,3 +263,40 @@ def test_startup_cleanup_removes_only_temporaries_whose_writer_is_dead(root):
     finally:
         lock.release()
     assert Store(root).open() == [live_temp]
+
+
+def test_ls_show_the_reader_and_the_report_tell_the_runs_apart(tmp_path):
+    """A killed run and its resume: "2 runs; run 2 resumed run 1 at step N" everywhere it helps."""
+    root = tmp_path / "root"
+    first = start(root, "--steps", 20, "--freq", 5, "--resume", "--lockstep")
+    assert ready_step(first) == 0
+    kill_at(first, 12)
+    second = start(root, "--steps", 20, "--freq", 5, "--resume")
+    resumed_at = ready_step(second)
+    finish(second)
+
+    opened = wle.open_root(root)
+    runs = opened.runs
+    assert [r.index for r in runs] == [1, 2]
+    assert not runs[0].closed and runs[1].closed
+    assert (runs[1].resumed_from, runs[1].resumed_step) == (runs[0].id, resumed_at)
+    words = f"2 runs; run 2 resumed run 1 at step {resumed_at}"
+    assert wle.runs_in_words(runs) == words
+    (exp,) = list(opened)
+    assert {c.run for c in exp.checkpoints if c.step <= resumed_at} == {runs[0].id}
+    assert {c.run for c in exp.checkpoints if c.step > resumed_at} == {runs[1].id}
+
+    cli = [sys.executable, "-m", "weightslab_events"]
+    listing = subprocess.run([*cli, "ls", str(root)], capture_output=True, text=True, check=True).stdout
+    assert words in listing
+    shown = subprocess.run([*cli, "show", str(root), exp.hash[:8]], capture_output=True, text=True, check=True).stdout
+    assert "run 1 started afresh: " + runs[0].id in shown and "ended without close()" in shown
+    assert f"run 2 resumed run 1 at step {resumed_at}: {runs[1].id}" in shown
+    as_json = subprocess.run([*cli, "show", str(root), exp.hash, "--json"], capture_output=True, text=True, check=True)
+    shown_json = json.loads(as_json.stdout)
+    assert [r["id"] for r in shown_json["runs"]] == [runs[0].id, runs[1].id]
+    assert {c["run"] for c in shown_json["checkpoints"]} == {runs[0].id, runs[1].id}
+
+    data = report_data(root)
+    assert data["runs_words"] == words and [r["index"] for r in data["runs"]] == [1, 2]
+    assert data["experiments"][0]["runs_words"] == f"run 1 started afresh; {words.split('; ', 1)[1]}"

@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from .events import Event
     from .handlers.retention import BestN, EveryNSteps, LatestN, RetentionPolicy
     from .hyperparams import HyperParams
-    from .reader import Checkpoint, DataChange, Experiment, Root, open_root
+    from .reader import Checkpoint, DataChange, Experiment, Root, RunSummary, open_root
+    from .records import runs_in_words
     from .system import CheckpointSystem
     from .wrappers import UnsupportedOptimizerError
 
@@ -110,7 +111,10 @@ _HOMES: dict[str, str] = {
         ),
         "weightslab_events.errors",
     ),
-    **dict.fromkeys(("Checkpoint", "DataChange", "Experiment", "Root", "open_root"), "weightslab_events.reader"),
+    **dict.fromkeys(
+        ("Checkpoint", "DataChange", "Experiment", "Root", "RunSummary", "open_root"), "weightslab_events.reader"
+    ),
+    "runs_in_words": "weightslab_events.records",
     "CheckpointSystem": "weightslab_events.system",
     "UnsupportedOptimizerError": "weightslab_events.wrappers",
     "Event": "weightslab_events.events",
@@ -143,6 +147,7 @@ __all__ = [
     "RetentionPolicy",
     "Root",
     "RootNotFoundError",
+    "RunSummary",
     "SymlinkInRootError",
     "SystemOptionsError",
     "UnsaveableStateError",
@@ -166,6 +171,7 @@ __all__ = [
     "register_stateful",
     "replay",
     "reset",
+    "runs_in_words",
     "signals",
     "subscribe",
     "unfreeze",

@@ -28,6 +28,7 @@ from rich.markup import escape
 from .clirender import EventPrinter, console, errors, ls_table, print_checkpoints, size_text, when
 from .events import Event
 from .reader import Root, open_root
+from .records import runs_in_words
 from .terminal import printable
 
 __all__ = ["main"]
@@ -89,6 +90,8 @@ def ls(root: str, as_json: bool) -> None:
         _emit_json([e.to_json() for e in rows])
         return
     console.print(ls_table(rows, f"{len(rows)} experiments in {root}", console))
+    if opened.runs:
+        console.print(printable(runs_in_words(opened.runs)), markup=False)
 
 
 @main.command()
@@ -103,6 +106,7 @@ def show(root: str, hash: str, as_json: bool) -> None:
     lineage = opened.lineage(exp.hash)
     config = opened.config(exp.hash)
     architecture = opened.architecture_text(exp.hash)
+    runs = opened.runs_of(exp.hash)
     if as_json:
         _emit_json(
             {
@@ -112,6 +116,7 @@ def show(root: str, hash: str, as_json: bool) -> None:
                 "architecture": architecture,
                 "data_changes": [c.to_json() for c in exp.data_changes],
                 "checkpoints": [c.to_json() for c in exp.checkpoints],
+                "runs": [r.to_json() for r in runs],
             }
         )
         return
@@ -137,7 +142,16 @@ def show(root: str, hash: str, as_json: bool) -> None:
         console.print(printable(line), markup=False)
     for change in exp.data_changes:
         console.print(printable(f"    step {change.step}: {change.words}"), markup=False)
-    print_checkpoints(exp.checkpoints, console)
+    console.print("\n[bold]runs[/bold]")
+    if not runs:
+        console.print("(none in the event log)")
+    for run in runs:
+        ended = "closed" if run.closed else "ended without close() (killed or crashed)"
+        where = f", pid {run.pid} on {run.host}" if run.pid is not None else ""
+        line = f"  {run.words(opened.runs)}: {run.id}{where}, last step {run.last_step}, {ended}"
+        console.print(printable(line), markup=False)
+    index = {run.id: run.index for run in opened.runs}
+    print_checkpoints(exp.checkpoints, console, index)
 
 
 def _yaml(config: dict[str, Any]) -> str:

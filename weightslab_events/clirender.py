@@ -100,13 +100,15 @@ def ls_table(rows: Sequence[Experiment], title: str, target: Console) -> Table:
     return _table(rows, title, compact=True)
 
 
-def print_checkpoints(checkpoints: Sequence[Checkpoint], target: Console) -> None:
+def print_checkpoints(checkpoints: Sequence[Checkpoint], target: Console, run_index: dict[str, int]) -> None:
+    """The checkpoints table; ``run_index`` numbers the runs that wrote them (``-`` if unknown)."""
     table = Table(title="checkpoints")
-    for column in ("step", "reason", "size", "sha256", "created", "metrics"):
+    for column in ("step", "reason", "run", "size", "sha256", "created", "metrics"):
         table.add_column(column, no_wrap=column != "metrics")
     for c in checkpoints:
         metrics = printable(", ".join(f"{k}={v:g}" for k, v in c.metrics.items()))
-        cells = (printable(c.reason), size_text(c.size), printable(c.sha256[:12]), printable(when(c.created)))
+        run = str(run_index[c.run]) if c.run in run_index else "-"
+        cells = (printable(c.reason), run, size_text(c.size), printable(c.sha256[:12]), printable(when(c.created)))
         table.add_row(str(c.step), *(Text(cell) for cell in cells), Text(metrics or "-"))
     target.print(table)
 

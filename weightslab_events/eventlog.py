@@ -38,6 +38,7 @@ __all__ = [
     "follow_events",
     "group_runs",
     "iter_events",
+    "name_v1_runs",
     "order_events",
     "read_events",
     "read_events_partial",
@@ -89,7 +90,7 @@ def iter_events(path: str | os.PathLike[str]) -> Iterator[Event]:
         yield from events
 
 
-def _name_v1_runs(events: Iterable[Event]) -> Iterator[Event]:
+def name_v1_runs(events: Iterable[Event]) -> Iterator[Event]:
     """Give events without a run id the id of the v1 run they belong to (see the module doc)."""
     count, previous_seq = 0, None
     for event in events:
@@ -105,7 +106,7 @@ def _name_v1_runs(events: Iterable[Event]) -> Iterator[Event]:
 def order_events(events: Iterable[Event]) -> list[Event]:
     """Events in the log's total order: runs by first appearance, then ``seq`` within a run."""
     by_run: dict[str, list[Event]] = {}
-    for event in _name_v1_runs(events):
+    for event in name_v1_runs(events):
         by_run.setdefault(event.run or "", []).append(event)
     ordered: list[Event] = []
     for run_events in by_run.values():

@@ -48,11 +48,11 @@ from .errors import (
     RootNotFoundError,
 )
 from .logsummary import LogSummary, read_log_summary
-from .records import Checkpoint, DataChange, Experiment, step_ranges
+from .records import Checkpoint, DataChange, Experiment, RunSummary, step_ranges
 from .store import Fault, Store
 from .verifying import check_experiment, check_root, foreign_folders
 
-__all__ = ["Checkpoint", "DataChange", "Experiment", "Root", "Which", "open_root", "resolve_prefix"]
+__all__ = ["Checkpoint", "DataChange", "Experiment", "Root", "RunSummary", "Which", "open_root", "resolve_prefix"]
 
 #: A checkpoint selector: a step, ``"latest"`` or ``"best:<metric>"`` (``"best:<metric>:max"``).
 Which = int | str
@@ -117,6 +117,17 @@ class Root:
     def problems(self) -> list[str]:
         """Damage outside any experiment (a damaged event log line), one line each."""
         return [self._log.problem] if self._log.problem else []
+
+    @property
+    def runs(self) -> list[RunSummary]:
+        """The runs (processes) the event log records, in start order (empty without a log)."""
+        return list(self._log.runs)
+
+    def runs_of(self, prefix: str) -> list[RunSummary]:
+        """The runs that trained under an experiment or wrote one of its checkpoints."""
+        exp = self.experiment(prefix)
+        writers = {c.run for c in exp.checkpoints}
+        return [run for run in self._log.runs if exp.hash in run.hashes or run.id in writers]
 
     def resolve(self, prefix: str) -> str:
         return resolve_prefix(list(self._experiments), prefix)
@@ -280,6 +291,7 @@ class Root:
                 sha256=r["sha256"],
                 created=r["created"],
                 metrics=dict(r.get("metrics") or {}),
+                run=r.get("run"),
             )
             for r in sorted(manifest["checkpoints"], key=lambda r: (r["step"], r["created"]))
         )

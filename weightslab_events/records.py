@@ -7,12 +7,12 @@ command line's ``--json`` and the web report use.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Checkpoint", "DataChange", "Experiment", "step_ranges", "ranges_text"]
+__all__ = ["Checkpoint", "DataChange", "Experiment", "RunSummary", "runs_in_words", "step_ranges", "ranges_text"]
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,12 @@ class Checkpoint:
     sha256: str
     created: str
     metrics: Mapping[str, float] = field(default_factory=dict)
+    #: The run that wrote it (``None`` for checkpoints written before runs were recorded).
+    run: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "run": self.run,
             "hash": self.hash,
             "step": self.step,
             "reason": self.reason,
@@ -162,3 +165,56 @@ class Experiment:
             "data_changes": self.data_summary(),
             "damaged": self.damage,
         }
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run (one process's lifetime on the root) as the event log tells it.
+
+    ``index`` counts runs from 1 in start order; ``resumed_from`` is the id of the run whose
+    checkpoint it continued (``None`` for a fresh start or an unknown writer); ``closed`` is
+    ``False`` for a run that ended without ``close()`` (a crash, a kill).
+    """
+
+    index: int
+    id: str
+    started_at: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    resumed_from: str | None = None
+    resumed_hash: str | None = None
+    resumed_step: int | None = None
+    last_step: int = 0
+    closed: bool = False
+    hashes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "id": self.id,
+            "started_at": self.started_at,
+            "host": self.host,
+            "pid": self.pid,
+            "resumed_from": self.resumed_from,
+            "resumed_hash": self.resumed_hash,
+            "resumed_step": self.resumed_step,
+            "last_step": self.last_step,
+            "closed": self.closed,
+            "hashes": list(self.hashes),
+        }
+
+    def words(self, runs: Sequence[RunSummary]) -> str:
+        """``"run 2 resumed run 1 at step 40"``, ``"run 3 started afresh"``."""
+        if self.resumed_step is None:
+            return f"run {self.index} started afresh"
+        source = next((r.index for r in runs if r.id == self.resumed_from), None)
+        whose = f"run {source}" if source is not None else "an earlier run"
+        return f"run {self.index} resumed {whose} at step {self.resumed_step}"
+
+
+def runs_in_words(runs: Sequence[RunSummary]) -> str:
+    """``"3 runs; run 2 resumed run 1 at step 40; run 3 started afresh"`` (``"1 run"`` alone)."""
+    if not runs:
+        return "no runs in the event log"
+    head = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+    return "; ".join([head, *(run.words(runs) for run in runs[1:])])

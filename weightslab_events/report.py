@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .reader import Root, open_root
+from .records import runs_in_words
 
 __all__ = ["build_report", "content_security_policy", "report_data"]
 
@@ -43,6 +44,7 @@ def report_data(root: Root | str | os.PathLike[str]) -> dict[str, Any]:
                 "config": opened.config(exp.hash),
                 "data_changes": [c.to_json() for c in exp.data_changes],
                 "data_summary": exp.data_summary(),
+                "runs_words": "; ".join(run.words(opened.runs) for run in opened.runs_of(exp.hash)),
             }
         )
     items.sort(key=lambda e: e["created"])
@@ -52,6 +54,8 @@ def report_data(root: Root | str | os.PathLike[str]) -> dict[str, Any]:
         "experiments": items,
         "metrics": {e.hash: opened.metrics(e.hash) for e in opened if opened.metrics(e.hash)},
         "problems": opened.problems,
+        "runs": [run.to_json() for run in opened.runs],
+        "runs_words": runs_in_words(opened.runs) if opened.runs else "",
     }
 
 
