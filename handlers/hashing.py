@@ -20,6 +20,8 @@ Policy, and why:
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from weightslab_events.bus import Bus, Subscription
@@ -54,14 +56,26 @@ def _is_reset(event: Event) -> bool:
     return event.type == "state_changed" and event.data.get("kind") == "reset"
 
 
+#: How many recent hashes keep the components they were computed from (see ``components_of``).
+RECENT_HASHES = 256
+
+
 class HashingHandler:
-    """Keeps every component's description and announces each new experiment once."""
+    """Keeps every component's description and announces each new experiment once.
+
+    Each hash is remembered with the exact components it was computed from (the last
+    ``RECENT_HASHES`` of them), so a checkpoint stores the description that hashes to its
+    folder's name even when the next edit has already come (the next step's schedule, or
+    another thread). Changes are serialised by a lock: edits from any thread are safe.
+    """
 
     def __init__(self) -> None:
         self.components: dict[str, Any] = {}
         self.current: str | None = None
         self.announced: str | None = None
         self._burst: list[dict[str, Any]] = []
+        self._lock = threading.RLock()
+        self._described: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._bus: Bus | None = None
         self._subscriptions: list[Subscription] = []
 
@@ -77,16 +91,35 @@ class HashingHandler:
             subscription.close()
         self._subscriptions = []
 
+    def components_of(self, hash: str) -> dict[str, Any] | None:
+        """The components ``hash`` was computed from, if it is one of the recent hashes."""
+        with self._lock:
+            found = self._described.get(hash)
+            return dict(found) if found is not None else None
+
+    def _remember(self, hash: str) -> None:
+        self._described[hash] = dict(self.components)
+        self._described.move_to_end(hash)
+        while len(self._described) > RECENT_HASHES:
+            self._described.popitem(last=False)
+
     def on_resumed(self, event: Event) -> None:
         """A resume restores a stored experiment: its hash is in force, whatever came before."""
         if self._bus is not None and event.data.get("hash"):
-            self.current = self.announced = event.data["hash"]
-            self._burst = []
-            self._bus.state.exp = self.current
+            with self._lock:
+                self.current = self.announced = event.data["hash"]
+                self._burst = []
+                self._bus.state.exp = self.current
+                if self.components and experiment_hash(self.components) == self.current:
+                    self._remember(self.current)
 
     def on_change(self, event: Event) -> None:
         if event.type == "optimizer_param_changed" and event.data.get("source") == "scheduler":
             return
+        with self._lock:
+            self._change(event)
+
+    def _change(self, event: Event) -> None:
         key = component_of(event)
         data = event.to_dict()["data"]
         if event.type == "unregistered":
@@ -98,6 +131,8 @@ class HashingHandler:
         new = experiment_hash(self.components) if self.components else None
         if new == self.current:
             return
+        if new is not None:
+            self._remember(new)
         self.current = new
         assert self._bus is not None
         self._bus.state.exp = new
@@ -107,7 +142,8 @@ class HashingHandler:
             self._announce(event, "reset")
 
     def on_boundary(self, event: Event) -> None:
-        self._announce(event, event.type)
+        with self._lock:
+            self._announce(event, event.type)
 
     def _announce(self, event: Event, boundary: str) -> None:
         """Emit ``hash_changed`` if the hash differs from the one in force (see the policy)."""

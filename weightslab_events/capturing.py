@@ -86,7 +86,7 @@ class Capturing:
     _pending: PendingSnapshot | None
     _registered: Registered
     _iterations: Iterations
-    _deferred: list[Decision]
+    _deferred: list[tuple[Decision, dict[str, Any] | None]]
     _training_thread: int | None
     _in_post_step: bool
     _closing: bool
@@ -94,26 +94,32 @@ class Capturing:
     _distributed: Coordinator | None
 
     def _save(self, decision: Decision) -> None:
-        """Called by the checkpointing handler for each decision it makes."""
+        """Called by the checkpointing handler for each decision it makes.
+
+        The components that hash to ``decision.hash`` are taken now, when the hash is decided:
+        the checkpoint's hyperparameters and its experiment's stored description are those,
+        whatever the user (or another thread) edits before the checkpoint is completed.
+        """
+        components = self.hashing.components_of(decision.hash)
         off_thread = self._training_thread not in (None, threading.get_ident())
         if off_thread and not self._closing:
             with self._lock:
-                self._deferred.append(decision)
+                self._deferred.append((decision, components))
             return
-        self._capture(decision)
+        self._capture(decision, components)
 
     def _run_deferred(self) -> None:
         with self._lock:
             deferred, self._deferred = self._deferred, []
-        for decision in deferred:
-            self._capture(decision)
+        for decision, components in deferred:
+            self._capture(decision, components)
 
     def _metrics_of(self, decision: Decision) -> dict[str, float]:
         """The metrics reported under the checkpoint's hash at its step: a metric belongs to the
         step it was reported at, so a fork never carries its parent's last value as its own."""
         return {n: v for n, (h, s, v) in self._metrics.items() if (h, s) == (decision.hash, decision.step)}
 
-    def _capture(self, decision: Decision) -> None:
+    def _capture(self, decision: Decision, components: dict[str, Any] | None) -> None:
         """Start the checkpoint ``decision`` asks for (see :mod:`.pending` for its lifecycle)."""
         self._complete_pending()
         deadline = self._close_deadline  # while closing, what is left of close()'s one deadline
@@ -135,7 +141,7 @@ class Capturing:
             if decision.required:  # wait() and close() name it: a fork or final save is never lost quietly
                 self.saver.record_failure(f"{decision.hash}_step_{decision.step:06d}", "skipped: no free snapshot slot")
             return
-        self._pending = PendingSnapshot(decision, pool, self._registered)
+        self._pending = PendingSnapshot(decision, pool, self._registered, components)
         if not self._in_post_step:
             self._complete_pending()
         elif not self._iterations.more_expected():
@@ -156,6 +162,9 @@ class Capturing:
         try:
             with self._lock:
                 pending.copy()
+                if pending.info is None and not self.store.has_experiment(pending.decision.hash):
+                    # Read with the weights: the next step's freeze must not reach this architecture.
+                    pending.info = self._experiment_info(pending.decision, pending.components)
         except Exception as error:
             self._pending = None
             self.saver.release(pending.pool)
@@ -177,15 +186,19 @@ class Capturing:
         try:
             with self._lock:
                 payload = pending.complete()
-                info = {} if self.store.has_experiment(decision.hash) else self._experiment_info(decision)
+                info = {} if self.store.has_experiment(decision.hash) else pending.info
+                if info is None:
+                    info = self._experiment_info(decision, pending.components)
                 job = SaveJob(decision.hash, decision.step, decision.reason, payload, info, self._metrics_of(decision))
             self.saver.submit(pending.pool, job)
         except Exception as error:
             self.saver.release(pending.pool)
             self._report_capture_failure(decision, error)
 
-    def _experiment_info(self, decision: Decision) -> dict[str, Any]:
-        components = self.hashing.components
+    def _experiment_info(self, decision: Decision, components: dict[str, Any] | None) -> dict[str, Any]:
+        """What a new experiment's folder describes it with; ``components`` as the hash was decided."""
+        if components is None:  # an old hash no longer remembered: the best there is
+            components = self.hashing.components
         return {
             "parent": decision.parent,
             "fork_step": decision.fork_step,

@@ -68,10 +68,20 @@ class Registered:
 class PendingSnapshot:
     """One checkpoint between its decision and its hand-off: ``copy()`` then ``complete()``."""
 
-    def __init__(self, decision: Decision, pool: BufferPool, registered: Registered) -> None:
+    def __init__(
+        self,
+        decision: Decision,
+        pool: BufferPool,
+        registered: Registered,
+        components: Mapping[str, Any] | None = None,
+    ) -> None:
         self.decision = decision
         self.pool = pool
         self._registered = registered
+        #: The components that hash to ``decision.hash``, taken when it was decided (or ``None``).
+        self.components = components
+        #: The new experiment's description for the store, read with the weights (see capturing).
+        self.info: dict[str, Any] | None = None
         self.payload: dict[str, Any] = {
             "format_version": PAYLOAD_FORMAT_VERSION,
             "experiment_hash": decision.hash,
@@ -98,14 +108,23 @@ class PendingSnapshot:
         self.payload["optimizer_config"] = {
             n: copy_state(w.configured, pool, ("f", n)) for n, w in registered.optimizers.items()
         }
-        self.payload["hyperparams"] = {
-            n: read_consistently(lambda w=w, n=n: canonical(w.data, n)) for n, w in registered.hyperparams.items()
-        }
+        self.payload["hyperparams"] = {n: self._hyperparams(n, w) for n, w in registered.hyperparams.items()}
         self.payload["reset_counts"] = {
             n: {w.path_of(m): c for m, c in w.reset_counts.items() if w.contains(m)}
             for n, w in registered.models.items()
         }
         self.copied = True
+
+    def _hyperparams(self, name: str, watch: HyperparamWatch) -> Any:
+        """The values that hash to the checkpoint's hash; live only when no description was taken.
+
+        A direct write to the dict not yet seen by a step-boundary check, or another thread's
+        edit, belongs to the next hash, not to this checkpoint.
+        """
+        described = (self.components or {}).get(f"hyperparams:{name}")
+        if isinstance(described, Mapping) and "values" in described:
+            return described["values"]
+        return read_consistently(lambda: canonical(watch.data, name))
 
     def complete(self) -> dict[str, Any]:
         """Part 2: what settles after the step; returns the finished payload."""

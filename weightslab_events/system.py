@@ -145,7 +145,7 @@ class CheckpointSystem(Capturing, Resuming):
         self._training_thread: int | None = None
         self._in_post_step = False
         self._user_steps = False
-        self._deferred: list[Decision] = []
+        self._deferred: list[tuple[Decision, dict[str, Any] | None]] = []
         self._coverage_known = False
         self._warn_once = WarnOnce()
         self._pending: PendingSnapshot | None = None
