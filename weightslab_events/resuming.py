@@ -28,12 +28,13 @@ import yaml
 
 from . import safe_yaml
 from .errors import CheckpointNotFoundError, ManifestError
-from .fingerprint import canonical, from_canonical
+from .fingerprint import canonical
 from .listedfiles import DamagedFileError, read_verified
 from .reader import resolve_prefix
 from .restore import check_architecture, restore_stateful
 from .snapshot import restore_rng
 from .store import Fault
+from .stored_hyperparams import restore_hyperparams
 from .verifying import check_root
 
 if TYPE_CHECKING:
@@ -202,9 +203,8 @@ class Resuming:
                     restore_stateful(entry.obj, payload["statefuls"][entry.name])
             for name, watch in self._hyperparams.items():
                 saved = payload.get("hyperparams", {}).get(name)
-                if saved is not None and canonical(watch.data, name) != saved:
-                    watch.data.clear()
-                    watch.data.update(from_canonical(saved))
+                if saved is not None:
+                    restore_hyperparams(watch.data, saved)
             for name, counts in payload.get("reset_counts", {}).items():
                 watch = self._models.get(name)
                 if watch is not None:
