@@ -61,9 +61,7 @@ def test_resume_restores_plain_values_and_keeps_every_live_object(root: Path) ->
         values(epochs=3, lr2=np.float32(0.5), shape=(2, 3), nested={"k": 1, "w": np.ones(2)}, inf=math.inf),
         steps=4,
     )
-    live = values(
-        epochs=9, lr2=np.float32(0.25), shape=(4, 4), nested={"k": 7, "w": np.zeros(2)}, inf=1.0, extra="x"
-    )
+    live = values(epochs=9, lr2=np.float32(0.25), shape=(4, 4), nested={"k": 7, "w": np.zeros(2)}, inf=1.0, extra="x")
     objects = {key: live[key] for key in ("class_weight", "loss", "act", "schedule", "dtype", "data", "scale")}
     nested_array = live["nested"]["w"]
 

@@ -18,6 +18,7 @@ A value whose text holds a memory address would give a new hash in every process
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -65,14 +66,20 @@ MAX_DEPTH = 100
 
 #: Tag keys of the canonical form. A user key starting with ``!`` is escaped with one more ``!``,
 #: so a tag never collides with a user's key.
-TAGS = ("!float", "!map", "!array", "!callable")
+TAGS = ("!float", "!map", "!set", "!array", "!callable", "!module", "!object")
+
+#: Tags whose value describes an object (a digest, code, settings, text) rather than being it.
+DESCRIPTION_TAGS = frozenset({"!array", "!callable", "!module", "!object"})
 
 
 def canonical(value: Any, key: str = "value") -> Any:
     """``value`` as deterministic JSON data; ``key`` names it in the error when that fails.
 
     Types are kept, so distinct values never collide: ``1`` and ``"1"`` as keys, ``inf`` and
-    ``"inf"``, ``1`` and ``1.0`` all differ. NumPy scalars describe as the equal Python number
+    ``"inf"``, ``1`` and ``1.0``, a set and a list, a path or dtype and its text all differ
+    (objects are tagged with their type). A module held as a value is described by its type,
+    its plain attributes (see :func:`module_settings`), its tensors' digests and its submodules.
+    NumPy scalars describe as the equal Python number
     (``np.float64(0.1)`` hashes like ``0.1``); arrays and multi-element tensors by dtype, shape
     and a digest of their contents; callables by what they compute (see :mod:`.callables`).
     """
@@ -114,7 +121,7 @@ class _Describer:
         if isinstance(value, (list, tuple)):
             return [self.describe(v, f"{key}[{i}]", depth) for i, v in enumerate(value)]
         if isinstance(value, (set, frozenset)):
-            return sorted((self.describe(v, key, depth) for v in value), key=canonical_json)
+            return {"!set": sorted((self.describe(v, key, depth) for v in value), key=canonical_json)}
         torch = sys.modules.get("torch")  # no tensor, dtype or module exists before torch is imported
         if torch is not None and isinstance(value, torch.Tensor):
             if value.numel() == 1 and not value.is_meta:
@@ -123,9 +130,9 @@ class _Describer:
         if _is_numpy_array(value):
             return {"!array": array_digest(value)}
         if torch is not None and isinstance(value, (torch.dtype, torch.device)):
-            return str(value)
+            return {"!object": {"type": _type_name(value), "text": str(value)}}
         if torch is not None and isinstance(value, torch.nn.Module):
-            return repr(value)
+            return {"!module": self._describe_module(value, key, depth)}
         if callable(value):
             return {"!callable": describe_callable(value, key, lambda v, k: self.describe(v, k, depth))}
         text = repr(value)
@@ -135,7 +142,29 @@ class _Describer:
                 f"address ({text}); it would give a different experiment hash in every process. "
                 "Register a plain value (number, string, list, dict) instead."
             )
-        return text
+        return {"!object": {"type": _type_name(value), "text": text}}
+
+    def _describe_module(self, module: nn.Module, key: str, depth: int) -> dict[str, Any]:
+        """A module held as a value (a loss, say): type, settings, tensors by digest, submodules."""
+        described: dict[str, Any] = {"type": _type_name(module), "settings": module_settings(module)}
+        extra = module.extra_repr()
+        if extra and not _ADDRESS.search(extra):
+            described["extra_repr"] = extra
+        tensors = {
+            name: tensor_digest(t)
+            for name, t in itertools.chain(module._parameters.items(), module._buffers.items())
+            if t is not None
+        }
+        if tensors:
+            described["tensors"] = tensors
+        children = {
+            name: self.describe(child, f"{key}.{name}", depth)
+            for name, child in module._modules.items()
+            if child is not None
+        }
+        if children:
+            described["children"] = children
+        return described
 
     def _describe_mapping(self, value: Mapping, key: str, depth: int) -> Any:
         items = list(value.items())
@@ -174,6 +203,29 @@ def plain_number(value: Any) -> bool | int | float | complex | None:
     return None
 
 
+def module_settings(module: nn.Module) -> dict[str, Any]:
+    """A module's constructor-level attributes: the plain values in its ``__dict__``.
+
+    ``extra_repr`` leaves many out (``CrossEntropyLoss(label_smoothing=0.1)`` prints as
+    ``CrossEntropyLoss()``, ``MultiheadAttention`` never shows its dropout, a custom module
+    shows nothing), so every public attribute whose value is ``None``, a bool, a number, a string
+    or a list/tuple of those is described. ``training`` is left out: ``eval()`` is not another
+    experiment.
+    """
+    settings: dict[str, Any] = {}
+    for name, value in sorted(vars(module).items()):
+        if name.startswith("_") or name == "training" or not _plain_setting(value):
+            continue
+        settings[name] = canonical(value, name)
+    return settings
+
+
+def _plain_setting(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)) or plain_number(value) is not None:
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain_setting(v) for v in value)
+
+
 def _is_numpy_array(value: Any) -> bool:
     numpy = sys.modules.get("numpy")
     return numpy is not None and isinstance(value, numpy.ndarray)
@@ -202,7 +254,8 @@ def array_digest(array: Any) -> dict[str, Any]:
 def from_canonical(value: Any) -> Any:
     """Undo the reversible parts of :func:`canonical` (tagged floats, non-string keys, escapes).
 
-    Arrays and callables stay as their descriptions: a digest cannot be turned back into data.
+    Arrays, callables, modules and other objects stay as their descriptions: a digest or a text
+    cannot be turned back into the object.
     """
     if isinstance(value, list):
         return [from_canonical(v) for v in value]
@@ -210,6 +263,8 @@ def from_canonical(value: Any) -> Any:
         return value
     if set(value) == {"!float"}:
         return float(value["!float"])
+    if set(value) == {"!set"}:
+        return {_hashable(from_canonical(v)) for v in value["!set"]}
     if set(value) == {"!map"}:
         return {_hashable(from_canonical(k)): from_canonical(v) for k, v in value["!map"]}
     return {_unescape(k): from_canonical(v) for k, v in value.items()}
@@ -255,6 +310,9 @@ def describe_model(model: nn.Module, reset_counts: Mapping[nn.Module, int] | Non
         entry: dict[str, Any] = {"type": _type_name(module)}
         if settings:
             entry["settings"] = settings
+        attributes = module_settings(module)
+        if attributes:
+            entry["attributes"] = attributes
         params = {
             name: _tensor_spec(p, bool(p.requires_grad) if p is not None else None)
             for name, p in module._parameters.items()

@@ -20,12 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import NotDescribableError
-from .fingerprint import canonical, from_canonical, plain_number
+from .fingerprint import DESCRIPTION_TAGS, TAGS, canonical, from_canonical, plain_number
 
 __all__ = ["restore_hyperparams"]
-
-#: Tags whose value is a description of an object, not the object.
-_DESCRIPTION_TAGS = frozenset({"!array", "!callable"})
 
 
 def restore_hyperparams(live: dict, stored: Any) -> None:
@@ -66,7 +63,7 @@ def _merged(live: Any, stored: Any) -> Any:
     if not (_plain(live) and _restorable(stored)):
         return live
     value = from_canonical(stored)
-    if isinstance(live, tuple) and isinstance(value, list):
+    if type(live) is tuple and isinstance(value, list):
         return tuple(value)
     if plain_number(live) is not None and type(value) in (int, float) and not isinstance(live, bool):
         converted = type(live)(value)
@@ -75,7 +72,11 @@ def _merged(live: Any, stored: Any) -> Any:
 
 
 def _is_mapping_form(stored: Any) -> bool:
-    return isinstance(stored, dict) and not (set(stored) & _DESCRIPTION_TAGS or set(stored) == {"!float"})
+    """A stored dict (string keys, or ``!map`` pairs), not a tagged value."""
+    if not isinstance(stored, dict):
+        return False
+    tagged = len(stored) == 1 and next(iter(stored)) in TAGS
+    return not tagged or "!map" in stored
 
 
 def _restorable(stored: Any) -> bool:
@@ -83,7 +84,7 @@ def _restorable(stored: Any) -> bool:
     if isinstance(stored, list):
         return all(_restorable(v) for v in stored)
     if isinstance(stored, dict):
-        if set(stored) & _DESCRIPTION_TAGS:
+        if set(stored) & DESCRIPTION_TAGS:
             return False
         return all(_restorable(v) for v in stored.values())
     return True
@@ -93,7 +94,7 @@ def _plain(value: Any) -> bool:
     """Whether a live value is plain data, whose canonical form is the value itself."""
     if value is None or type(value) in (bool, int, float, str) or plain_number(value) is not None:
         return True
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+    if type(value) in (list, tuple, set):
         return all(_plain(v) for v in value)
     if type(value) is dict:
         return all(_plain(k) and _plain(v) for k, v in value.items())
