@@ -187,15 +187,17 @@ def _short(key: str) -> str:
 
 
 def plain_number(value: Any) -> bool | int | float | complex | None:
-    """A NumPy scalar as the equal Python number (``np.float32(0.5)`` -> ``0.5``), else ``None``.
+    """A NumPy scalar or 0-d array as the equal Python number (``np.float32(0.5)`` -> ``0.5``), else ``None``.
 
     ``np.float64`` subclasses ``float``, and ``np.bool_`` / ``np.int64`` do not subclass
     anything built in; both kinds are normalised so that YAML and JSON can write them and they
     hash like the Python number they equal.
     """
     numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufc":
-        return value.item()
+    if numpy is not None and isinstance(value, (numpy.generic, numpy.ndarray)) and value.dtype.kind in "biufc":
+        if value.ndim == 0:  # a 0-d array (``np.array(0.05)``) is the number it holds, like a scalar
+            return value.item()
+        return None
     if isinstance(value, float) and type(value) is not float:
         return float(value)
     if isinstance(value, int) and type(value) not in (int, bool):

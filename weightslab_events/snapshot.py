@@ -77,7 +77,7 @@ LOADABLE_LEAVES = (
 def copy_state(value: Any, pool: BufferPool, path: Path = ()) -> Any:
     """A deep copy of ``value`` in which every tensor lives in ``pool``'s buffers.
 
-    NumPy scalars (an lr drawn with ``np.logspace``) become the Python number they equal, since
+    NumPy scalars and 0-d arrays (an lr drawn with ``np.logspace``) become the Python number they equal, since
     a checkpoint loads with ``weights_only=True``, which refuses them. Any other value it would
     refuse raises :class:`UnsaveableStateError` naming its place: the capture fails loudly
     instead of writing a file that can never be resumed.
@@ -91,8 +91,9 @@ def copy_state(value: Any, pool: BufferPool, path: Path = ()) -> Any:
     if isinstance(value, tuple) and not isinstance(value, torch.Size):
         return tuple(copy_state(v, pool, (*path, i)) for i, v in enumerate(value))
     numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufc":
-        return value.item()
+    if numpy is not None and isinstance(value, (numpy.generic, numpy.ndarray)) and value.dtype.kind in "biufc":
+        if value.ndim == 0:  # a scalar, or a 0-d array (``lr = np.array(0.05)``, which torch accepts)
+            return value.item()
     if type(value) in (float, int) or isinstance(value, LOADABLE_LEAVES):
         return value
     place = "".join(f"[{p!r}]" for p in path)
