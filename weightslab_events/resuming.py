@@ -34,7 +34,7 @@ from .reader import resolve_prefix
 from .restore import check_architecture, restore_stateful
 from .snapshot import restore_rng
 from .store import Fault
-from .stored_hyperparams import restore_hyperparams
+from .stored_hyperparams import keep_number_types, number_types, restore_hyperparams
 from .verifying import check_root
 
 if TYPE_CHECKING:
@@ -191,10 +191,15 @@ class Resuming:
                     model.load_state_dict(payload["models"][name])
             for name, watch in self._optimizers.items():
                 if name in payload["optimizers"] or sharded:
+                    types = number_types(watch.optimizer.param_groups)
                     if not sharded:
                         watch.optimizer.load_state_dict(payload["optimizers"][name])
+                    for group, group_types in zip(watch.optimizer.param_groups, types, strict=False):
+                        keep_number_types(group, group_types)
                     watch.adopt()
                     watch.configured = copy.deepcopy(payload.get("optimizer_config", {}).get(name, watch.configured))
+                    for values, group_types in zip(watch.configured, types, strict=False):
+                        keep_number_types(values, group_types)
             for entry in self.ledger.entries("scheduler"):
                 if entry.name in payload.get("schedulers", {}):
                     entry.obj.load_state_dict(payload["schedulers"][entry.name])

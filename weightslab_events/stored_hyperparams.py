@@ -13,6 +13,11 @@ the policy is:
   the hash says so (resume re-describes every component and forks on a difference);
 - nested dicts are merged key by key with the same rule; keys the checkpoint did not have are
   removed, and plain keys only the checkpoint had are added.
+
+The same holds for an optimizer's param groups: a checkpoint stores a NumPy lr as the Python
+number it equals, and a restored ``np.float32`` lr stays an ``np.float32`` (see
+:func:`number_types`), so ``lr *= 0.3`` after a resume computes what it computed in the
+uninterrupted run, and forks to the same hash.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 from .errors import NotDescribableError
 from .fingerprint import DESCRIPTION_TAGS, TAGS, canonical, from_canonical, plain_number
 
-__all__ = ["restore_hyperparams"]
+__all__ = ["keep_number_types", "number_types", "restore_hyperparams"]
 
 
 def restore_hyperparams(live: dict, stored: Any) -> None:
@@ -99,3 +104,22 @@ def _plain(value: Any) -> bool:
     if type(value) is dict:
         return all(_plain(k) and _plain(v) for k, v in value.items())
     return False
+
+
+def number_types(groups: list[dict[str, Any]]) -> list[dict[str, type]]:
+    """Per group, the NumPy scalar type of each value that has one (``lr: np.float32``)."""
+    return [{k: type(v) for k, v in group.items() if plain_number(v) is not None} for group in groups]
+
+
+def keep_number_types(values: dict[str, Any], types: dict[str, type]) -> None:
+    """Give restored Python numbers in ``values`` back the NumPy type they had live, where exact.
+
+    Written with ``dict.__setitem__``: a tracked param group must not take this for a user edit.
+    """
+    for key, number_type in types.items():
+        value = values.get(key)
+        if type(value) not in (int, float):
+            continue
+        converted = number_type(value)
+        if plain_number(converted) == value:
+            dict.__setitem__(values, key, converted)
