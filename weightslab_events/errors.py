@@ -12,6 +12,7 @@ __all__ = [
     "InvalidNameError",
     "ManifestError",
     "NotDescribableError",
+    "OptimizerMismatchError",
     "RankDisagreementError",
     "RootNotFoundError",
     "SymlinkInRootError",
@@ -38,6 +39,10 @@ class ArchitectureMismatchError(ValueError):
     def __init__(self, message: str, differences: list[str]) -> None:
         super().__init__(message)
         self.differences = differences
+
+
+class OptimizerMismatchError(ArchitectureMismatchError):
+    """A checkpoint's optimizer state was made by another optimizer class or param-group layout."""
 
 
 class InvalidNameError(ValueError):

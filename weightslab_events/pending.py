@@ -31,7 +31,7 @@ import torch
 
 from .fingerprint import canonical
 from .hyperparams import read_consistently
-from .restore import state_of_stateful
+from .restore import optimizer_type, state_of_stateful
 from .snapshot import BufferPool, capture_rng, copy_state
 from .watch import TrackedGroup
 
@@ -105,6 +105,7 @@ class PendingSnapshot:
                 if not settles_after_step(e)
             }
         self.payload["rng"] = capture_rng()
+        self.payload["optimizer_types"] = {n: optimizer_type(w.optimizer) for n, w in registered.optimizers.items()}
         self.payload["optimizer_config"] = {
             n: copy_state(w.configured, pool, ("f", n)) for n, w in registered.optimizers.items()
         }

@@ -218,10 +218,11 @@ class Root:
 
         Each of ``model``, ``optimizer`` and ``scheduler`` is one object (when the checkpoint
         holds one of that kind) or a mapping of registered name to object. The architecture is
-        compared first, so a mismatch raises :class:`ArchitectureMismatchError` listing every
-        difference and leaves every object as it was.
+        compared first, and the optimizers' class and param groups, so a mismatch raises
+        :class:`ArchitectureMismatchError` (:class:`OptimizerMismatchError` for an optimizer) listing
+        every difference and leaves every object as it was.
         """
-        from .restore import check_architecture
+        from .restore import check_architecture, check_optimizers
 
         checkpoint = self.checkpoint(prefix, which)
         payload = self._load(checkpoint)
@@ -229,6 +230,7 @@ class Root:
         optimizers = _by_name("optimizer", optimizer, payload.get("optimizers", {}))
         schedulers = _by_name("scheduler", scheduler, payload.get("schedulers", {}))
         check_architecture(models, payload.get("models", {}), str(checkpoint.path))
+        check_optimizers(optimizers, payload, str(checkpoint.path))
         for name, obj in models.items():
             obj.load_state_dict(payload["models"][name])
         for name, obj in optimizers.items():

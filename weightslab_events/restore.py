@@ -15,12 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ArchitectureMismatchError, UnsaveableStateError
+from .errors import ArchitectureMismatchError, OptimizerMismatchError, UnsaveableStateError
 from .snapshot import LOADABLE_LEAVES
 
 __all__ = [
     "architecture_differences",
     "check_architecture",
+    "check_optimizers",
+    "optimizer_type",
     "restore_stateful",
     "state_of_stateful",
 ]
@@ -54,6 +56,54 @@ def check_architecture(models: Mapping[str, nn.Module], saved: Mapping[str, Any]
         listing = "\n  ".join(differences)
         raise ArchitectureMismatchError(
             f"checkpoint {where} was made for another architecture ({len(differences)} differences):\n  {listing}",
+            differences,
+        )
+
+
+def optimizer_type(optimizer: Any) -> str:
+    """The qualified class name a checkpoint records for an optimizer."""
+    cls = type(optimizer)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def optimizer_differences(name: str, optimizer: Any, saved: Mapping[str, Any], saved_type: str | None) -> list[str]:
+    """Every way ``optimizer`` cannot take the saved state: its class, its groups, their sizes."""
+    found = []
+    live_type = optimizer_type(optimizer)
+    if saved_type is not None and saved_type != live_type:
+        found.append(f"optimizer {name!r} is a {live_type} here, a {saved_type} in the checkpoint")
+    live_groups, saved_groups = optimizer.param_groups, saved.get("param_groups", [])
+    if len(live_groups) != len(saved_groups):
+        found.append(
+            f"optimizer {name!r} has {len(live_groups)} param group(s) here, {len(saved_groups)} in the checkpoint"
+        )
+        return found
+    for index, (live, stored) in enumerate(zip(live_groups, saved_groups, strict=True)):
+        if len(live["params"]) != len(stored.get("params", [])):
+            found.append(
+                f"optimizer {name!r} group {index} has {len(live['params'])} parameter(s) here, "
+                f"{len(stored.get('params', []))} in the checkpoint"
+            )
+    return found
+
+
+def check_optimizers(optimizers: Mapping[str, Any], payload: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`OptimizerMismatchError` listing every difference, before anything is loaded.
+
+    Checked with the architecture so that a mismatch leaves the model, the optimizers and
+    everything else as they were (Adam's state loaded into SGD, or the reverse, is refused by
+    name instead of raising torch's ``KeyError: 'step'`` halfway through a restore).
+    """
+    saved_states = payload.get("optimizers", {})
+    saved_types = payload.get("optimizer_types", {})
+    differences: list[str] = []
+    for name, optimizer in optimizers.items():
+        if name in saved_states:
+            differences.extend(optimizer_differences(name, optimizer, saved_states[name], saved_types.get(name)))
+    if differences:
+        listing = "\n  ".join(differences)
+        raise OptimizerMismatchError(
+            f"checkpoint {where} was made with another optimizer ({len(differences)} differences):\n  {listing}",
             differences,
         )
 

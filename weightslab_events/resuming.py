@@ -31,7 +31,7 @@ from .errors import CheckpointNotFoundError, ManifestError
 from .fingerprint import canonical
 from .listedfiles import DamagedFileError, read_verified
 from .reader import resolve_prefix
-from .restore import check_architecture, restore_stateful
+from .restore import check_architecture, check_optimizers, restore_stateful
 from .snapshot import restore_rng
 from .store import Fault
 from .stored_hyperparams import keep_number_types, number_types, restore_hyperparams
@@ -187,6 +187,7 @@ class Resuming:
             models = {n: w.model for n, w in self._models.items()}
             if not sharded:
                 check_architecture(models, payload["models"], where)
+                check_optimizers({n: w.optimizer for n, w in self._optimizers.items()}, payload, where)
                 for name, model in models.items():
                     model.load_state_dict(payload["models"][name])
             for name, watch in self._optimizers.items():
