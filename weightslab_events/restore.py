@@ -108,21 +108,6 @@ def check_optimizers(optimizers: Mapping[str, Any], payload: Mapping[str, Any], 
         )
 
 
-#: Leaf types that ``torch.load(weights_only=True)`` reads back.
-_LOADABLE_LEAVES = (
-    type(None),
-    bool,
-    int,
-    float,
-    complex,
-    str,
-    bytes,
-    torch.Tensor,
-    torch.dtype,
-    torch.device,
-    torch.Size,
-)
-
 #: The key that marks an encoded NumPy value in a saved state.
 NUMPY_MARK = "__weightslab_numpy__"
 
