@@ -35,6 +35,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from .. import api
 from ..snapshot import capture_rng, restore_rng
 from ..system import CheckpointSystem
+from .owning import SystemOwner
 
 __all__ = ["EXPERIMENT_FIELDS", "WeightslabTrainerCallback", "experiment_arguments"]
 
@@ -116,7 +117,7 @@ def _calling_trainer() -> Trainer:
     raise ResumeNotSupportedError("WeightslabTrainerCallback(resume=True) found no Trainer calling it")
 
 
-class WeightslabTrainerCallback(TrainerCallback):
+class WeightslabTrainerCallback(SystemOwner, TrainerCallback):
     """Automatic, exactly resumable checkpoints of a Hugging Face ``Trainer.train()``.
 
     ``root_log_dir``, ``checkpoint_frequency`` (in ``global_step``\\ s) and ``resume`` are those of
@@ -152,18 +153,7 @@ class WeightslabTrainerCallback(TrainerCallback):
                 f"{state.global_step}) would both restore the model, optimizer and position: resume from one of them"
             )
         self._unpatch()  # left by a train() that raised (the Trainer has no exception hook)
-        self.system = api.current_system()
-        # A system this callback opened and a raising train() left open is still its own.
-        self._owns_system = self.system is None or self.system is self._opened
-        if self.system is None:
-            self.system = api.get_checkpoint_system(
-                self.root_log_dir,
-                checkpoint_frequency=self.checkpoint_frequency,
-                resume=self.resume,
-                **self.system_options,
-            )
-            self._opened = self.system
-        self.system.use_external_steps()
+        self._take_system()
         position = _TrainerPosition(state)
         api.register_stateful("trainer_state", position)
         api.register_model("model", kwargs["model"])

@@ -34,6 +34,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from .. import api
 from ..errors import CheckpointError
 from ..system import CheckpointSystem
+from .owning import SystemOwner
 
 __all__ = ["WeightslabCallback"]
 
@@ -83,7 +84,7 @@ def _skip_batches(fetcher: Any, count: int) -> None:
             next(fetcher.iterator)
 
 
-class WeightslabCallback(Callback):
+class WeightslabCallback(SystemOwner, Callback):
     """Automatic, exactly resumable checkpoints of a Lightning ``fit``.
 
     ``root_log_dir``, ``checkpoint_frequency`` (in Lightning ``global_step``\\ s) and ``resume``
@@ -123,18 +124,7 @@ class WeightslabCallback(Callback):
                 f"WeightslabCallback(resume=True) and trainer.fit(ckpt_path={trainer.ckpt_path!r}) would both restore "
                 "the model, optimizers and loops: resume from one of them (drop resume=True or ckpt_path)"
             )
-        self.system = api.current_system()
-        # A system this callback opened and left open after an exception is still its own.
-        self._owns_system = self.system is None or self.system is self._opened
-        if self.system is None:
-            self.system = api.get_checkpoint_system(
-                self.root_log_dir,
-                checkpoint_frequency=self.checkpoint_frequency,
-                resume=self.resume,
-                **self.system_options,
-            )
-            self._opened = self.system
-        self.system.use_external_steps()
+        self._take_system()
         self._position = _LoopPosition()
         self._position.trainer = trainer
         api.register_stateful("lightning_loop", self._position)
